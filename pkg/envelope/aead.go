@@ -1,0 +1,140 @@
+package envelope
+
+import (
+	"bytes"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"fmt"
+)
+
+// AAD returns the associated data that binds a v1 ciphertext to its row:
+//
+//	version || alg || u16(len(namespace)) || namespace || u16(len(rowID)) || rowID
+//
+// rowID must already be canonical (lowercase UUID, decimal integer); AAD
+// does not change it. A field longer than MaxAADFieldLen bytes is refused
+// with [ErrAADField].
+func AAD(namespace, rowID string) ([]byte, error) {
+	return appendAAD(nil, namespace, rowID)
+}
+
+func appendAAD(dst []byte, namespace, rowID string) ([]byte, error) {
+	if len(namespace) > MaxAADFieldLen {
+		return nil, fmt.Errorf("%w: namespace is %d bytes", ErrAADField, len(namespace))
+	}
+	if len(rowID) > MaxAADFieldLen {
+		return nil, fmt.Errorf("%w: row id is %d bytes", ErrAADField, len(rowID))
+	}
+	dst = append(dst, Version1, AlgAES256GCM)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(namespace)))
+	dst = append(dst, namespace...)
+	dst = binary.BigEndian.AppendUint16(dst, uint16(len(rowID)))
+	dst = append(dst, rowID...)
+	return dst, nil
+}
+
+// newAEAD returns AES-256-GCM for dek, refusing any key that is not exactly
+// KeySize bytes (crypto/aes would also take AES-128 and AES-192 keys).
+func newAEAD(dek []byte) (cipher.AEAD, error) {
+	if len(dek) != KeySize {
+		return nil, fmt.Errorf("%w: got %d bytes", ErrKeySize, len(dek))
+	}
+	block, err := aes.NewCipher(dek)
+	if err != nil {
+		// Unreachable for a 32-byte key; the message of crypto/aes holds
+		// only the key length.
+		return nil, fmt.Errorf("envelope: aes: %w", err)
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, fmt.Errorf("envelope: gcm: %w", err)
+	}
+	return aead, nil
+}
+
+// Seal encrypts plaintext with the data key dek under the given nonce and
+// returns the envelope carrying kid and wdek. The output is a pure function
+// of the inputs, which is what the test vectors need.
+//
+// The caller is responsible for never using the same nonce twice with the
+// same dek; outside tests use [SealRandom] or a [Sealer], which draw a fresh
+// random nonce for every call.
+//
+// kid must be the resolved key ARN ([ErrKIDAlias] for an alias). The result
+// aliases none of the arguments.
+func Seal(dek, nonce []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	return sealWith(aead, nonce, kid, wdek, namespace, rowID, plaintext)
+}
+
+// SealRandom is [Seal] with a fresh 12-byte nonce from crypto/rand.
+func SealRandom(dek []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, NonceSize)
+	// crypto/rand.Read never returns an error and never returns short
+	// reads (it crashes the program irrecoverably instead).
+	_, _ = rand.Read(nonce)
+	return sealWith(aead, nonce, kid, wdek, namespace, rowID, plaintext)
+}
+
+func sealWith(aead cipher.AEAD, nonce []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+	if len(nonce) != NonceSize {
+		return nil, fmt.Errorf("%w: got %d bytes", ErrNonceLength, len(nonce))
+	}
+	if err := validateNewKID(kid); err != nil {
+		return nil, err
+	}
+	if err := validateWDEK(wdek); err != nil {
+		return nil, err
+	}
+	aad, err := AAD(namespace, rowID)
+	if err != nil {
+		return nil, err
+	}
+	return &Envelope{
+		Version:    Version1,
+		Alg:        AlgAES256GCM,
+		KID:        kid,
+		WDEK:       bytes.Clone(wdek),
+		Nonce:      bytes.Clone(nonce),
+		Ciphertext: aead.Seal(make([]byte, 0, len(plaintext)+TagSize), nonce, plaintext, aad),
+	}, nil
+}
+
+// Open authenticates and decrypts e with the data key dek for the row
+// (namespace, rowID). Any authentication failure (wrong key, another row or
+// namespace, an altered nonce or ciphertext) is [ErrAuth]; an invalid e
+// matches [ErrMalformed]. No error carries key or token bytes.
+//
+// Open does not look at e.KID or e.WDEK, which are outside the AAD: the caller
+// got dek by asking KMS to decrypt e.WDEK with KeyId e.KID.
+func Open(e *Envelope, dek []byte, namespace, rowID string) ([]byte, error) {
+	aead, err := newAEAD(dek)
+	if err != nil {
+		return nil, err
+	}
+	return openWith(aead, e, namespace, rowID)
+}
+
+func openWith(aead cipher.AEAD, e *Envelope, namespace, rowID string) ([]byte, error) {
+	if err := e.validate(); err != nil {
+		return nil, err
+	}
+	aad, err := AAD(namespace, rowID)
+	if err != nil {
+		return nil, err
+	}
+	pt, err := aead.Open(make([]byte, 0, len(e.Ciphertext)-TagSize), e.Nonce, e.Ciphertext, aad)
+	if err != nil {
+		return nil, ErrAuth
+	}
+	return pt, nil
+}
