@@ -1,0 +1,30 @@
+// Package batch is the rotation engine: it moves every token of a table from
+// the KMS key OLD to the key NEW, online, exactly once, and resumably.
+//
+// A process joins the run's current pass (package checkpoint), claims ranges
+// of the keyspace under a fenced lease and walks each range in keyset pages
+// (id > cursor AND id <= upper ORDER BY id LIMIT n), reading without locks.
+// A bounded worker pool does the KMS and AES work for a page with no
+// transaction open; then one transaction fences the lease, swaps the tokens
+// with a compare-and-swap on the ciphertext that was read, writes one audit
+// row per rotated token, records quarantined rows, and advances the range's
+// checkpoint.
+//
+// Invariants (docs/architecture.md), and where each is kept:
+//
+//  1. Nothing lost: a new token is written only after it has been opened
+//     again with the new data key and compared with the plaintext it came from
+//     (rekey), or it keeps the old nonce and ciphertext (rewrap).
+//  2. Exactly once: swap, audit and checkpoint share one transaction.
+//  3. Resumable: pages start at the committed cursor; rows under NEW are
+//     skipped by kid.
+//  4. Online: no transaction is open during KMS calls; the swap compares the
+//     old ciphertext, and rows that changed are re-read and retried.
+//  5. Fenced: checkpoint.Fence is the first statement of every page commit.
+//  6. Bounded: one page per range worker, a fixed worker pool, a fixed
+//     number of range workers, a bounded data-key cache and a KMS budget.
+//  7. Bad rows do not wedge the run: they become RowErrors, are quarantined
+//     and counted, and the cursor moves past them.
+//  8. No secrets leak: data keys are zeroed after use and redact themselves;
+//     errors carry row ids and classes only.
+package batch

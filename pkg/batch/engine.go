@@ -1,0 +1,419 @@
+package batch
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/metrics"
+)
+
+// DB is what the engine needs from Postgres; *pgxpool.Pool fits.
+type DB = checkpoint.DB
+
+// Mode is how tokens are rotated.
+type Mode string
+
+const (
+	// Rekey opens each token and seals it under a new data key generated
+	// under NEW (one data key per page).
+	Rekey Mode = "rekey"
+	// Rewrap asks KMS to re-encrypt each wrapped data key from OLD to NEW;
+	// nonce and ciphertext stay as they are, no plaintext enters the process.
+	Rewrap Mode = "rewrap"
+)
+
+// Config is the engine's tuning. Zero values take the defaults below.
+type Config struct {
+	Table     *Table
+	Old, New  kmsclient.Key
+	Mode      Mode
+	Namespace string
+
+	BatchSize       int           // rows per page (1000)
+	Workers         int           // KMS calls in flight per page (16)
+	RangeWorkers    int           // ranges worked at once by this process (2)
+	Ranges          int           // ranges a pass is cut into (64)
+	LeaseTTL        time.Duration // lease length; renewed at a third of it (30s)
+	PageTimeout     time.Duration // one page, KMS and commit included (2m)
+	StopGrace       time.Duration // time to finish the page in flight on shutdown (10s)
+	PageRetries     int           // transient failures of one page before giving up (6)
+	ConflictRetries int           // re-reads of rows the live API changed (3)
+	Owner           string        // this process in leases and logs
+}
+
+func (c Config) withDefaults() Config {
+	c.BatchSize = cmp.Or(c.BatchSize, 1000)
+	c.Workers = cmp.Or(c.Workers, 16)
+	c.RangeWorkers = cmp.Or(c.RangeWorkers, 2)
+	c.Ranges = cmp.Or(c.Ranges, 64)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, 30*time.Second)
+	c.PageTimeout = cmp.Or(c.PageTimeout, 2*time.Minute)
+	c.StopGrace = cmp.Or(c.StopGrace, 10*time.Second)
+	c.PageRetries = cmp.Or(c.PageRetries, 6)
+	c.ConflictRetries = cmp.Or(c.ConflictRetries, 3)
+	c.Mode = cmp.Or(c.Mode, Rekey)
+	c.Namespace = cmp.Or(c.Namespace, "payment_methods")
+	return c
+}
+
+// Validate refuses settings the engine cannot run with.
+func (c Config) Validate() error {
+	switch {
+	case c.Table == nil:
+		return configErrorf("no table")
+	case c.Old.ARN == "" || c.New.ARN == "":
+		return configErrorf("both keys must be resolved to ARNs")
+	case c.Old.ARN == c.New.ARN:
+		return configErrorf("OLD_KEY_ID (%s) and NEW_KEY_ID (%s) are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN)
+	case c.Mode != Rekey && c.Mode != Rewrap:
+		return configErrorf("mode %q: want rekey or rewrap", c.Mode)
+	case c.BatchSize < 1 || c.BatchSize > 100_000:
+		return configErrorf("batch size %d: want 1..100000", c.BatchSize)
+	case c.Workers < 1 || c.Workers > 1024:
+		return configErrorf("workers %d: want 1..1024", c.Workers)
+	case c.RangeWorkers < 1 || c.RangeWorkers > 64:
+		return configErrorf("range workers %d: want 1..64", c.RangeWorkers)
+	case c.Ranges < 1 || c.Ranges > 100_000:
+		return configErrorf("ranges %d: want 1..100000", c.Ranges)
+	case c.LeaseTTL < time.Second:
+		return configErrorf("lease ttl %s: want at least 1s", c.LeaseTTL)
+	}
+	return nil
+}
+
+// Engine rotates one table. Build it with New; Run may be called once.
+type Engine struct {
+	cfg     Config
+	db      DB
+	store   *checkpoint.Store
+	kms     *kmsclient.Client
+	log     *slog.Logger
+	metrics *metrics.Metrics
+	sql     statements
+	details []byte // the audit details shared by every row of the run
+
+	run   checkpoint.Run
+	mu    sync.Mutex
+	total checkpoint.Counts // what this process did
+	pages int64
+}
+
+// New checks cfg and returns an engine. m may be nil.
+func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log *slog.Logger, m *metrics.Metrics) (*Engine, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		m = metrics.New(nil)
+	}
+	return &Engine{cfg: cfg, db: db, store: store, kms: kms, log: log, metrics: m, sql: newStatements(cfg.Table)}, nil
+}
+
+// Spec is the run this engine works on.
+func (e *Engine) Spec() checkpoint.RunSpec {
+	return checkpoint.RunSpec{
+		Table: e.cfg.Table.Qualified(), OldARN: e.cfg.Old.ARN, NewARN: e.cfg.New.ARN,
+		Mode: string(e.cfg.Mode), Namespace: e.cfg.Namespace,
+	}
+}
+
+// Summary is what Run reports.
+type Summary struct {
+	RunID    string
+	Pass     int
+	Process  checkpoint.Counts      // rows this process handled
+	PassAll  checkpoint.PassStatus  // the whole pass, all processes
+	Pages    int64
+	Duration time.Duration
+}
+
+// Run joins the run, works ranges until the pass is complete or ctx is
+// cancelled, and returns what was done. Errors: ErrInterrupted on shutdown,
+// a *PartialError when rows were left behind, kmsclient.ErrKeyUnusable when a
+// key became unusable, checkpoint errors or transient errors otherwise.
+func (e *Engine) Run(ctx context.Context) (Summary, error) {
+	start := time.Now()
+	var dbStart time.Time
+	if err := e.db.QueryRow(ctx, `SELECT now()`).Scan(&dbStart); err != nil {
+		return Summary{}, fmt.Errorf("read database clock: %w", err)
+	}
+	run, err := e.store.Join(ctx, e.Spec(), dbStart, func(ctx context.Context) ([]checkpoint.Bounds, error) {
+		return planRanges(ctx, e.db, e.cfg.Table, e.cfg.Ranges)
+	})
+	if err != nil {
+		return Summary{}, err
+	}
+	e.run = run
+	e.details, _ = json.Marshal(map[string]any{
+		"run_id": run.ID, "pass": run.Pass, "mode": e.cfg.Mode,
+		"old_key_arn": e.cfg.Old.ARN, "new_key_arn": e.cfg.New.ARN,
+	})
+	log := e.log.With("run_id", run.ID, "pass", run.Pass)
+	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
+		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)
+	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass})
+
+	err = e.workRanges(ctx, log)
+
+	sum := Summary{RunID: run.ID, Pass: run.Pass, Duration: time.Since(start)}
+	e.mu.Lock()
+	sum.Process, sum.Pages = e.total, e.pages
+	e.mu.Unlock()
+
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
+	if err == nil {
+		if _, ferr := e.store.FinishPass(endCtx, run); ferr != nil {
+			err = ferr
+		}
+	}
+	if st, serr := e.store.Status(endCtx, run); serr == nil {
+		sum.PassAll = st
+	}
+	if err == nil && (sum.PassAll.Counts.Quarantined > 0 || sum.PassAll.Counts.Conflicted > 0) {
+		err = &PartialError{RunID: run.ID, Quarantined: sum.PassAll.Counts.Quarantined, Conflicted: sum.PassAll.Counts.Conflicted}
+	}
+	outcome := "done"
+	if err != nil {
+		outcome = "stopped"
+	}
+	_ = e.store.Event(endCtx, e.db, run, "process_"+outcome, e.cfg.Owner, map[string]any{
+		"rotated": sum.Process.Rotated, "skipped": sum.Process.Skipped, "other_key": sum.Process.OtherKey,
+		"quarantined": sum.Process.Quarantined, "conflicted": sum.Process.Conflicted, "pages": sum.Pages,
+		"error": errString(err),
+	})
+	return sum, err
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// workRanges runs RangeWorkers claim loops and returns the first fatal error.
+func (e *Engine) workRanges(ctx context.Context, log *slog.Logger) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	errs := make([]error, e.cfg.RangeWorkers)
+	for w := range e.cfg.RangeWorkers {
+		wg.Go(func() {
+			errs[w] = e.claimLoop(ctx, log)
+			if errs[w] != nil && !errors.Is(errs[w], ErrInterrupted) {
+				cancel(errs[w]) // a fatal error stops the siblings
+			}
+		})
+	}
+	wg.Wait()
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// claimLoop claims ranges until none is left in the pass. When every
+// remaining range is leased by a live process it waits: a lease that
+// expires (its owner died) is taken over.
+func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
+	poll := min(e.cfg.LeaseTTL/3, time.Second)
+	for {
+		if ctx.Err() != nil {
+			return ErrInterrupted
+		}
+		lease, err := e.store.Claim(ctx, e.run, e.cfg.Owner, e.cfg.LeaseTTL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ErrInterrupted
+			}
+			return transient(fmt.Errorf("claim: %w", err))
+		}
+		if lease == nil {
+			st, err := e.store.Status(ctx, e.run)
+			if err != nil {
+				if ctx.Err() != nil {
+					return ErrInterrupted
+				}
+				return transient(err)
+			}
+			e.metrics.Ranges.WithLabelValues("done").Set(float64(st.Done))
+			e.metrics.Ranges.WithLabelValues("running").Set(float64(st.Running))
+			e.metrics.Ranges.WithLabelValues("pending").Set(float64(st.Pending))
+			if st.Complete() {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return ErrInterrupted
+			case <-time.After(poll):
+			}
+			continue
+		}
+		rlog := log.With("range", lease.Range, "lease_token", lease.Token)
+		rlog.Info("range claimed", "lower", deref(lease.Bounds.Lower), "upper", deref(lease.Bounds.Upper), "cursor", deref(lease.Cursor))
+		err = e.workRange(ctx, lease, rlog)
+		switch {
+		case err == nil:
+			rlog.Info("range finished")
+		case errors.Is(err, checkpoint.ErrFenced):
+			e.metrics.FencedCommits.Inc()
+			rlog.Warn("lease lost to another process; range dropped", "err", err)
+		default:
+			return err
+		}
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// workRange walks one leased range page by page. It renews the lease in the
+// background; on shutdown it lets the page in flight finish (or roll back
+// after StopGrace) and releases the lease so another process can go on.
+func (e *Engine) workRange(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) error {
+	// Pages run on a context that the shutdown signal does not cancel at once:
+	// it is cancelled StopGrace after the signal, or when the lease is lost.
+	work, cancelWork := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer cancelWork(nil)
+	stopTimer := context.AfterFunc(ctx, func() {
+		t := time.AfterFunc(e.cfg.StopGrace, func() { cancelWork(ErrInterrupted) })
+		context.AfterFunc(work, func() { t.Stop() })
+	})
+	defer stopTimer()
+
+	renewDone := make(chan struct{})
+	go func() {
+		defer close(renewDone)
+		tick := time.NewTicker(e.cfg.LeaseTTL / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-work.Done():
+				return
+			case <-tick.C:
+				if err := e.store.Renew(work, l, e.cfg.LeaseTTL); errors.Is(err, checkpoint.ErrFenced) {
+					cancelWork(err)
+					return
+				} else if err != nil && work.Err() == nil {
+					log.Warn("lease renewal failed; will retry", "err", err)
+				}
+			}
+		}
+	}()
+	defer func() { cancelWork(nil); <-renewDone }()
+
+	for {
+		if ctx.Err() != nil {
+			e.release(l, log)
+			return ErrInterrupted
+		}
+		done, err := e.pageWithRetry(work, l, log)
+		if err != nil {
+			if cause := context.Cause(work); errors.Is(cause, checkpoint.ErrFenced) {
+				return cause
+			}
+			if errors.Is(err, checkpoint.ErrFenced) {
+				return err
+			}
+			e.release(l, log)
+			if ctx.Err() != nil {
+				return ErrInterrupted
+			}
+			return err
+		}
+		if done {
+			return nil
+		}
+	}
+}
+
+func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if err := e.store.Release(ctx, l); err != nil {
+		log.Warn("release lease", "err", err)
+	}
+}
+
+// pageWithRetry runs one page, retrying transient failures with capped
+// exponential backoff. Key, configuration and fencing errors are not retried.
+func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
+	backoff := 500 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		done, err := e.page(ctx, l, log)
+		if err == nil {
+			return done, nil
+		}
+		if !retryable(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
+			if retryable(err) {
+				err = transient(err)
+			}
+			return false, fmt.Errorf("range %d after cursor %q: %w", l.Range, deref(l.Cursor), err)
+		}
+		e.metrics.PageFailures.Inc()
+		log.Warn("page failed; rolled back, retrying", "attempt", attempt, "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			return false, ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 15*time.Second)
+	}
+}
+
+// ErrTransient marks failures worth retrying later: database or KMS out of
+// reach, throttling past the retries.
+var ErrTransient = errors.New("transient failure")
+
+type transientError struct{ err error }
+
+func (e *transientError) Error() string        { return e.err.Error() }
+func (e *transientError) Unwrap() error        { return e.err }
+func (e *transientError) Is(target error) bool { return target == ErrTransient }
+
+func transient(err error) error {
+	if err == nil || errors.Is(err, ErrTransient) {
+		return err
+	}
+	return &transientError{err}
+}
+
+func retryable(err error) bool {
+	switch {
+	case errors.Is(err, checkpoint.ErrFenced),
+		errors.Is(err, kmsclient.ErrKeyUnusable),
+		errors.Is(err, ErrConfig),
+		errors.Is(err, errSelfCheck):
+		return false
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// Schema and permission problems will not fix themselves.
+		switch pgErr.Code[:2] {
+		case "42", "22", "23":
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,425 @@
+package batch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/metrics"
+)
+
+// errSelfCheck means a freshly sealed token did not open to the plaintext it
+// came from: a bug, never written, and the run stops.
+var errSelfCheck = errors.New("self-check failed: a re-encrypted token does not open to its plaintext")
+
+type row struct {
+	id    string
+	token []byte // nil when the column is NULL
+}
+
+type outcome uint8
+
+const (
+	outSkip outcome = iota + 1 // already under NEW
+	outOtherKey
+	outQuarantine
+	outRotate
+)
+
+type result struct {
+	outcome  outcome
+	newToken []byte
+	class    string // quarantine class
+}
+
+// page reads the next page of the range, rotates it and commits it. It
+// returns true when the range is finished.
+func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.PageTimeout)
+	defer cancel()
+	start := time.Now()
+
+	from := l.Cursor
+	if from == nil {
+		from = l.Bounds.Lower
+	}
+	rows, err := e.readPage(ctx, from, l.Bounds.Upper)
+	if err != nil {
+		return false, err
+	}
+	done := len(rows) < e.cfg.BatchSize // a short page means the range is finished
+	var last *string
+	if len(rows) > 0 {
+		last = &rows[len(rows)-1].id
+		if from != nil && *last == *from {
+			return false, fmt.Errorf("cursor did not advance past %q", *from)
+		}
+	}
+
+	var sealer *envelope.Sealer // rekey: one data key under NEW per page
+	defer func() {
+		if sealer != nil {
+			sealer.Destroy()
+		}
+	}()
+
+	var total checkpoint.Counts
+	pending := rows
+	for attempt := 0; ; attempt++ {
+		results, err := e.rotate(ctx, pending, &sealer)
+		if err != nil {
+			return false, err
+		}
+		finalTry := attempt >= e.cfg.ConflictRetries
+		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, finalTry)
+		if err != nil {
+			return false, err
+		}
+		total = total.Add(counts)
+		if len(conflicts) == 0 || finalTry {
+			if len(conflicts) > 0 {
+				log.Warn("rows kept changing under the live API; left for the next pass", "rows", len(conflicts))
+			}
+			break
+		}
+		// Rows the live API changed between our read and our write: read
+		// them again and retry before the cursor moves past them.
+		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
+		pending, err = e.readIDs(ctx, conflicts)
+		if err != nil {
+			return false, err
+		}
+		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
+			if err := e.advanceOnly(ctx, l, last, done); err != nil {
+				return false, err
+			}
+			break
+		}
+	}
+	if last != nil {
+		l.Cursor = last
+	}
+
+	e.metrics.PageDuration.Observe(time.Since(start).Seconds())
+	e.metrics.LastSuccess.SetToCurrentTime()
+	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
+	e.metrics.Rows.WithLabelValues(metrics.OutcomeSkipped).Add(float64(total.Skipped))
+	e.metrics.Rows.WithLabelValues(metrics.OutcomeOtherKey).Add(float64(total.OtherKey))
+	e.metrics.Rows.WithLabelValues(metrics.OutcomeQuarantined).Add(float64(total.Quarantined))
+	e.metrics.RowsRemaining.Sub(float64(len(rows)))
+	e.mu.Lock()
+	e.total = e.total.Add(total)
+	e.pages++
+	e.mu.Unlock()
+	return done, nil
+}
+
+func (e *Engine) readPage(ctx context.Context, lower, upper *string) ([]row, error) {
+	rs, err := e.db.Query(ctx, e.sql.read(lower, upper), lower, upper, e.cfg.BatchSize)
+	if err != nil {
+		return nil, fmt.Errorf("read page: %w", err)
+	}
+	return collectRows(rs, e.cfg.BatchSize)
+}
+
+func (e *Engine) readIDs(ctx context.Context, ids []string) ([]row, error) {
+	rs, err := e.db.Query(ctx, e.sql.readIDs, ids)
+	if err != nil {
+		return nil, fmt.Errorf("re-read %d changed rows: %w", len(ids), err)
+	}
+	return collectRows(rs, len(ids))
+}
+
+func collectRows(rs pgx.Rows, capacity int) ([]row, error) {
+	defer rs.Close()
+	out := make([]row, 0, capacity)
+	for rs.Next() {
+		var r row
+		if err := rs.Scan(&r.id, &r.token); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// rotate classifies rows and computes new tokens for those under OLD. It
+// holds no transaction. Row problems become quarantine results; an error
+// means the page must be rolled back (and is retried when transient).
+func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Sealer) ([]result, error) {
+	res := make([]result, len(rows))
+	envs := make([]*envelope.Envelope, len(rows))
+	groups := map[string][]int{} // wrapped data key → rows sharing it
+	var order []string
+	for i, r := range rows {
+		if r.token == nil {
+			res[i] = result{outcome: outQuarantine, class: "null_token"}
+			continue
+		}
+		env, err := envelope.Parse(r.token)
+		if err != nil {
+			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+			continue
+		}
+		switch env.KID {
+		case e.cfg.New.ARN:
+			res[i] = result{outcome: outSkip}
+		case e.cfg.Old.ARN:
+			envs[i] = env
+			k := string(env.WDEK)
+			if _, ok := groups[k]; !ok {
+				order = append(order, k)
+			}
+			groups[k] = append(groups[k], i)
+		default:
+			res[i] = result{outcome: outOtherKey}
+		}
+	}
+	if len(groups) == 0 {
+		return res, nil
+	}
+	if e.cfg.Mode == Rekey && *sealer == nil {
+		s, err := e.newSealer(ctx)
+		if err != nil {
+			return nil, err
+		}
+		*sealer = s
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.cfg.Workers)
+	for _, k := range order {
+		idx := groups[k]
+		g.Go(func() error {
+			if e.cfg.Mode == Rewrap {
+				return e.rewrapGroup(gctx, []byte(k), idx, rows, envs, res)
+			}
+			return e.rekeyGroup(gctx, *sealer, []byte(k), idx, rows, envs, res)
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
+	dek, wdek, err := e.kms.GenerateDataKey(ctx, e.cfg.New.ARN)
+	if err != nil {
+		return nil, err
+	}
+	defer dek.Zero()
+	return envelope.NewSealer(dek, e.cfg.New.ARN, wdek, 0)
+}
+
+// rekeyGroup unwraps one data key under OLD and re-seals every row that uses
+// it under the page's data key, checking each result opens again.
+func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
+	rows []row, envs []*envelope.Envelope, res []result) error {
+	dek, err := e.kms.Decrypt(ctx, e.cfg.Old.ARN, wdek)
+	if errors.Is(err, kmsclient.ErrBadCiphertext) {
+		for _, i := range idx {
+			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer dek.Zero()
+	ns := e.cfg.Namespace
+	for _, i := range idx {
+		id := rows[i].id
+		plain, err := envelope.Open(envs[i], dek, ns, id)
+		if err != nil {
+			res[i] = result{outcome: outQuarantine, class: openClass(err)}
+			continue
+		}
+		fresh, err := sealer.Seal(ns, id, plain)
+		if err != nil {
+			clear(plain)
+			return fmt.Errorf("seal row %s: %w", id, err)
+		}
+		again, err := sealer.Open(fresh, ns, id)
+		ok := err == nil && bytes.Equal(again, plain)
+		clear(plain)
+		clear(again)
+		if !ok {
+			return fmt.Errorf("row %s: %w", id, errSelfCheck)
+		}
+		b, err := fresh.Marshal()
+		if err != nil {
+			return fmt.Errorf("marshal row %s: %w", id, err)
+		}
+		res[i] = result{outcome: outRotate, newToken: b}
+	}
+	return nil
+}
+
+// rewrapGroup has KMS move one wrapped data key from OLD to NEW and gives
+// every row that uses it the new kid and wdek; nonce and ciphertext stay.
+func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
+	rows []row, envs []*envelope.Envelope, res []result) error {
+	newWDEK, err := e.kms.ReEncrypt(ctx, wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
+	if errors.Is(err, kmsclient.ErrBadCiphertext) {
+		for _, i := range idx {
+			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	for _, i := range idx {
+		fresh, err := envs[i].Rewrap(e.cfg.New.ARN, newWDEK)
+		if err != nil {
+			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+			continue
+		}
+		b, err := fresh.Marshal()
+		if err != nil {
+			return fmt.Errorf("marshal row %s: %w", rows[i].id, err)
+		}
+		res[i] = result{outcome: outRotate, newToken: b}
+	}
+	return nil
+}
+
+func parseClass(err error) string {
+	switch {
+	case errors.Is(err, envelope.ErrVersion):
+		return "unknown_version"
+	case errors.Is(err, envelope.ErrAlg):
+		return "unknown_alg"
+	case errors.Is(err, envelope.ErrTruncated), errors.Is(err, envelope.ErrCiphertextShort):
+		return "truncated"
+	case errors.Is(err, envelope.ErrMalformed):
+		return "malformed"
+	}
+	return "unreadable"
+}
+
+func openClass(err error) string {
+	if errors.Is(err, envelope.ErrAuth) {
+		return "auth_failed" // wrong row, wrong namespace or altered bytes
+	}
+	return parseClass(err)
+}
+
+// commit writes one page in one transaction: fence, compare-and-swap of the
+// rotated tokens with their audit rows, quarantine, checkpoint. It returns
+// the ids whose swap found a different token (changed by the live API). The
+// cursor moves to last only when there are no such rows, or on the final try.
+func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, res []result,
+	last *string, done, finalTry bool) (checkpoint.Counts, []string, error) {
+	var c checkpoint.Counts
+	var ids []string
+	var olds, news [][]byte
+	var bad []checkpoint.Quarantined
+	for i, r := range res {
+		switch r.outcome {
+		case outSkip:
+			c.Skipped++
+		case outOtherKey:
+			c.OtherKey++
+		case outQuarantine:
+			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].id, Class: r.class})
+		case outRotate:
+			ids = append(ids, rows[i].id)
+			olds = append(olds, rows[i].token)
+			news = append(news, r.newToken)
+		}
+	}
+	c.Quarantined = int64(len(bad))
+
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		return c, nil, fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := e.store.Fence(ctx, tx, l); err != nil {
+		return c, nil, err
+	}
+
+	var conflicts []string
+	if len(ids) > 0 {
+		swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
+		if err != nil {
+			return c, nil, fmt.Errorf("swap tokens: %w", err)
+		}
+		got := make(map[string]struct{}, len(ids))
+		for swapped.Next() {
+			var id string
+			if err := swapped.Scan(&id); err != nil {
+				swapped.Close()
+				return c, nil, err
+			}
+			got[id] = struct{}{}
+		}
+		if err := swapped.Err(); err != nil {
+			return c, nil, fmt.Errorf("swap tokens: %w", err)
+		}
+		c.Rotated = int64(len(got))
+		for _, id := range ids {
+			if _, ok := got[id]; !ok {
+				conflicts = append(conflicts, id)
+			}
+		}
+	}
+
+	if len(bad) > 0 {
+		fresh, err := e.store.Quarantine(ctx, tx, e.run, bad)
+		if err != nil {
+			return c, nil, err
+		}
+		if len(fresh) > 0 {
+			classes := make([]string, 0, len(fresh))
+			byID := make(map[string]string, len(bad))
+			for _, q := range bad {
+				byID[q.RowID] = q.Class
+			}
+			for _, id := range fresh {
+				classes = append(classes, byID[id])
+			}
+			if _, err := tx.Exec(ctx, e.sql.auditFailed, fresh, classes, e.details); err != nil {
+				return c, nil, fmt.Errorf("audit quarantined rows: %w", err)
+			}
+		}
+	}
+
+	cursor, finished := last, done
+	if len(conflicts) > 0 && !finalTry {
+		cursor, finished = nil, false // stay before the changed rows until they are retried
+	} else {
+		c.Conflicted = int64(len(conflicts))
+	}
+	if err := e.store.Advance(ctx, tx, l, cursor, c, finished, e.cfg.LeaseTTL); err != nil {
+		return c, nil, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return c, nil, fmt.Errorf("commit: %w", err)
+	}
+	for _, q := range bad {
+		e.log.Warn("row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
+	}
+	return c, conflicts, nil
+}
+
+// advanceOnly moves the checkpoint when nothing else is left to write.
+func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *string, done bool) error {
+	return pgx.BeginFunc(ctx, e.db, func(tx pgx.Tx) error {
+		if err := e.store.Fence(ctx, tx, l); err != nil {
+			return err
+		}
+		return e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL)
+	})
+}

@@ -1,0 +1,148 @@
+package batch
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+// Checked is what Preflight established: the table as it is, both keys
+// resolved to ARNs, and how long one KMS call takes from here.
+type Checked struct {
+	Table      *Table
+	Old, New   kmsclient.Key
+	KMSLatency time.Duration // mean of the round trip's two calls
+}
+
+// Preflight checks everything that can be checked before the first write,
+// as the runbook's "test new key" step does, and more: the table and audit
+// table exist with usable columns; OLD and NEW resolve to two different,
+// enabled, symmetric keys; a seal/open round trip under NEW works; and (rekey)
+// the first rows under OLD actually open with this namespace. It writes
+// nothing.
+func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
+	if oldRef == "" || newRef == "" {
+		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
+	}
+	if err := db.QueryRow(ctx, `SELECT 1`).Scan(new(int)); err != nil {
+		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
+	}
+	t, err := Inspect(ctx, db, spec)
+	if err != nil {
+		return nil, err
+	}
+	c := &Checked{Table: t}
+	if c.Old, err = resolve(ctx, kc, "OLD_KEY_ID", oldRef); err != nil {
+		return nil, err
+	}
+	if c.New, err = resolve(ctx, kc, "NEW_KEY_ID", newRef); err != nil {
+		return nil, err
+	}
+	if c.Old.ARN == c.New.ARN {
+		return nil, configErrorf("OLD_KEY_ID %q and NEW_KEY_ID %q are the same KMS key %s: nothing to rotate", oldRef, newRef, c.Old.ARN)
+	}
+	if c.KMSLatency, err = RoundTrip(ctx, kc, c.New.ARN, namespace); err != nil {
+		return nil, err
+	}
+	if mode == Rekey {
+		if err := sampleOld(ctx, db, kc, t, c.Old.ARN, namespace); err != nil {
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+func resolve(ctx context.Context, kc *kmsclient.Client, name, ref string) (kmsclient.Key, error) {
+	k, err := kmsclient.Resolve(ctx, kc.API(), ref)
+	if err != nil {
+		if errors.Is(err, kmsclient.ErrKeyUnusable) {
+			return k, fmt.Errorf("%s %q: %w", name, ref, err)
+		}
+		return k, transient(fmt.Errorf("%s %q: %w", name, ref, err))
+	}
+	if err := k.Usable(); err != nil {
+		return k, fmt.Errorf("%s: %w", name, err)
+	}
+	return k, nil
+}
+
+// RoundTrip generates a data key under keyARN, seals a probe with it, unwraps
+// the key again and opens the probe: the runbook's "test new key" step. It
+// returns the mean latency of the two KMS calls.
+func RoundTrip(ctx context.Context, kc *kmsclient.Client, keyARN, namespace string) (time.Duration, error) {
+	start := time.Now()
+	dek, wdek, err := kc.GenerateDataKey(ctx, keyARN)
+	if err != nil {
+		return 0, keyOrTransient(fmt.Errorf("round trip on the new key: %w", err))
+	}
+	probe := []byte("reencrypt preflight probe")
+	env, err := envelope.SealRandom(dek, keyARN, wdek, namespace, "preflight", probe)
+	dek.Zero()
+	if err != nil {
+		return 0, fmt.Errorf("round trip on the new key: seal: %w", err)
+	}
+	again, err := kc.Decrypt(ctx, keyARN, wdek)
+	if err != nil {
+		return 0, keyOrTransient(fmt.Errorf("round trip on the new key: %w", err))
+	}
+	defer again.Zero()
+	got, err := envelope.Open(env, again, namespace, "preflight")
+	if err != nil || !bytes.Equal(got, probe) {
+		return 0, configErrorf("round trip on the new key %s failed: a probe sealed under it does not open", keyARN)
+	}
+	return time.Since(start) / 2, nil
+}
+
+func keyOrTransient(err error) error {
+	if errors.Is(err, kmsclient.ErrKeyUnusable) {
+		return err
+	}
+	return transient(err)
+}
+
+// sampleOld opens up to three tokens under OLD. When every one of them fails
+// to open, the configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong,
+// and running would only quarantine the whole table: refuse instead.
+func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, ns string) error {
+	rows, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
+	if err != nil {
+		return transient(fmt.Errorf("sample rows: %w", err))
+	}
+	sample, err := collectRows(rows, 200)
+	if err != nil {
+		return transient(fmt.Errorf("sample rows: %w", err))
+	}
+	tried, failed := 0, 0
+	for _, r := range sample {
+		env, err := envelope.Parse(r.token)
+		if err != nil || env.KID != oldARN {
+			continue
+		}
+		tried++
+		dek, err := kc.Decrypt(ctx, oldARN, env.WDEK)
+		if err != nil && !errors.Is(err, kmsclient.ErrBadCiphertext) {
+			return keyOrTransient(fmt.Errorf("sample decrypt under the old key: %w", err))
+		}
+		if err == nil {
+			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			clear(plain)
+			dek.Zero()
+			if oerr == nil {
+				return nil
+			}
+		}
+		failed++
+		if tried == 3 {
+			break
+		}
+	}
+	if tried >= 3 && failed == tried {
+		return configErrorf("the first %d tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
+	}
+	return nil
+}

@@ -1,0 +1,60 @@
+package batch
+
+import "fmt"
+
+// statements are the engine's SQL for one table, built once from quoted
+// identifiers. Values always travel as parameters.
+type statements struct {
+	readFrom, readBetween, readTo, readAll string // keyset pages, by which bounds are set
+	readIDs                                string // re-read rows that changed under us
+	swap                                   string // compare-and-swap of tokens + audit rows
+	auditFailed                            string // audit rows for newly quarantined rows
+}
+
+func newStatements(t *Table) statements {
+	sel := fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s`, t.qid, t.qtoken, t.qname)
+	order := fmt.Sprintf(` ORDER BY %s LIMIT $3`, t.qid)
+	lower := fmt.Sprintf(`%s > $1::text::%s`, t.qid, t.IDType)
+	upper := fmt.Sprintf(`%s <= $2::text::%s`, t.qid, t.IDType)
+	return statements{
+		// Every variant takes $1 (lower), $2 (upper), $3 (limit) so callers
+		// pass the same arguments; unused ones are compared with NULL.
+		readBetween: sel + ` WHERE ` + lower + ` AND ` + upper + order,
+		readFrom:    sel + ` WHERE ` + lower + ` AND $2::text IS NULL` + order,
+		readTo:      sel + ` WHERE $1::text IS NULL AND ` + upper + order,
+		readAll:     sel + ` WHERE $1::text IS NULL AND $2::text IS NULL` + order,
+		readIDs: fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s WHERE %[1]s = ANY($1::text[]::%[4]s[]) ORDER BY %[1]s`,
+			t.qid, t.qtoken, t.qname, t.IDType),
+		// The WHERE compares the token with the one we read: a row the live
+		// API rewrote meanwhile is not overwritten; it is re-read instead.
+		swap: fmt.Sprintf(`
+			WITH swapped AS (
+				UPDATE %[1]s AS t SET %[3]s = v.new_token
+				FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS v(id, old_token, new_token)
+				WHERE t.%[2]s = v.id::%[6]s AND t.%[3]s = v.old_token
+				RETURNING t.%[2]s
+			), audited AS (
+				INSERT INTO %[4]s (%[5]s, action, actor_type, details)
+				SELECT %[2]s, 'token_reencrypted', 'system', $4::jsonb FROM swapped
+			)
+			SELECT %[2]s::text FROM swapped`,
+			t.qname, t.qid, t.qtoken, t.qaudit, t.qauditID, t.IDType),
+		auditFailed: fmt.Sprintf(`
+			INSERT INTO %[1]s (%[2]s, action, actor_type, details)
+			SELECT v.id::%[3]s, 'token_reencrypt_failed', 'system', $3::jsonb || jsonb_build_object('error_class', v.class)
+			FROM unnest($1::text[], $2::text[]) AS v(id, class)`,
+			t.qaudit, t.qauditID, t.IDType),
+	}
+}
+
+func (s statements) read(lower, upper *string) string {
+	switch {
+	case lower != nil && upper != nil:
+		return s.readBetween
+	case lower != nil:
+		return s.readFrom
+	case upper != nil:
+		return s.readTo
+	}
+	return s.readAll
+}

@@ -1,0 +1,135 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// TableSpec names the token table and its audit table as configured.
+type TableSpec struct {
+	Schema        string // default "public"
+	Name          string // default "payment_methods"
+	IDColumn      string // default "id"
+	TokenColumn   string // default "encrypted_token"
+	AuditTable    string // default "payment_method_audit", in Schema
+	AuditIDColumn string // default "payment_method_id"
+}
+
+// Table is a TableSpec checked against the database, with its identifiers
+// quoted for SQL. Only Inspect builds one.
+type Table struct {
+	Spec   TableSpec
+	IDType string // "uuid", "bigint" or "integer"
+
+	qname, qid, qtoken       string // quoted table, id column, token column
+	qaudit, qauditID         string
+}
+
+// Qualified is "schema.table" as configured, for messages and run ids.
+func (t *Table) Qualified() string { return t.Spec.Schema + "." + t.Spec.Name }
+
+// QuotedName is the quoted, schema-qualified table name.
+func (t *Table) QuotedName() string { return t.qname }
+
+func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
+
+// Inspect checks that the configured tables and columns exist with the types
+// the engine needs, and refuses (ErrConfig) before any write otherwise. It
+// requires nothing to be created or migrated in the user's schema.
+func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
+	t := &Table{Spec: spec}
+	cols, err := columns(ctx, db, spec.Schema, spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	idType, ok := cols[spec.IDColumn]
+	if !ok {
+		return nil, configErrorf("table %s.%s has no column %q (set ID_COLUMN)", spec.Schema, spec.Name, spec.IDColumn)
+	}
+	switch idType {
+	case "uuid", "bigint", "integer":
+		t.IDType = idType
+	default:
+		return nil, configErrorf("id column %q of %s.%s is %s; reencrypt pages by uuid, bigint or integer ids",
+			spec.IDColumn, spec.Schema, spec.Name, idType)
+	}
+	tokType, ok := cols[spec.TokenColumn]
+	if !ok {
+		return nil, configErrorf("table %s.%s has no column %q (set TOKEN_COLUMN)", spec.Schema, spec.Name, spec.TokenColumn)
+	}
+	if tokType != "bytea" {
+		return nil, configErrorf("token column %q of %s.%s is %s, not bytea", spec.TokenColumn, spec.Schema, spec.Name, tokType)
+	}
+	t.qname = quote(spec.Schema, spec.Name)
+	t.qid = quote(spec.IDColumn)
+	t.qtoken = quote(spec.TokenColumn)
+
+	var unique bool
+	err = db.QueryRow(ctx, `
+		SELECT EXISTS (
+			SELECT 1 FROM pg_index i
+			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+			WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1
+			  AND i.indpred IS NULL AND a.attname = $2)`, t.qname, spec.IDColumn).Scan(&unique)
+	if err != nil {
+		return nil, fmt.Errorf("inspect indexes of %s: %w", t.Qualified(), err)
+	}
+	if !unique {
+		return nil, configErrorf("id column %q of %s has no unique index; keyset pagination needs one", spec.IDColumn, t.Qualified())
+	}
+
+	acols, err := columns(ctx, db, spec.Schema, spec.AuditTable)
+	if err != nil {
+		return nil, err
+	}
+	want := map[string]string{spec.AuditIDColumn: idType, "action": "text", "actor_type": "text", "details": "jsonb"}
+	for col, typ := range want {
+		got, ok := acols[col]
+		if !ok {
+			return nil, configErrorf("audit table %s.%s has no column %q", spec.Schema, spec.AuditTable, col)
+		}
+		if got != typ && !(typ == "text" && got == "character varying") {
+			return nil, configErrorf("audit column %q of %s.%s is %s, want %s", col, spec.Schema, spec.AuditTable, got, typ)
+		}
+	}
+	t.qaudit = quote(spec.Schema, spec.AuditTable)
+	t.qauditID = quote(spec.AuditIDColumn)
+	return t, nil
+}
+
+// columns maps column name to its SQL type for a table, or ErrConfig when the
+// table does not exist.
+func columns(ctx context.Context, db DB, schema, name string) (map[string]string, error) {
+	var oid *uint32
+	err := db.QueryRow(ctx, `SELECT to_regclass($1)::oid`, quote(schema, name)).Scan(&oid)
+	if err != nil {
+		return nil, fmt.Errorf("look up table %s.%s: %w", schema, name, err)
+	}
+	if oid == nil {
+		return nil, configErrorf("table %s.%s does not exist (check TABLE_SCHEMA, TABLE, AUDIT_TABLE and DATABASE_URL)", schema, name)
+	}
+	rows, err := db.Query(ctx, `
+		SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+		WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped`, *oid)
+	if err != nil {
+		return nil, fmt.Errorf("read columns of %s.%s: %w", schema, name, err)
+	}
+	cols := map[string]string{}
+	for rows.Next() {
+		var col, typ string
+		if err := rows.Scan(&col, &typ); err != nil {
+			return nil, err
+		}
+		cols[col] = typ
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if len(cols) == 0 {
+		return nil, errors.New("no columns")
+	}
+	return cols, nil
+}

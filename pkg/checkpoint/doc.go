@@ -1,0 +1,22 @@
+// Package checkpoint keeps the engine's own bookkeeping in Postgres, in a
+// schema of its own (default "reencrypt"), created idempotently. Postgres is
+// the only coordinator between processes: no other service is needed.
+//
+// A run is one rotation (table, OLD key ARN, NEW key ARN, mode) and has a
+// stable id derived from those, so rerunning the same command joins it. A run
+// goes through passes; a pass cuts the keyspace into ranges once, and every
+// process claims ranges with FOR UPDATE SKIP LOCKED and a lease. A process
+// started after a pass finished starts the next pass: that is how a rerun
+// sweeps the table again and catches rows the live API wrote under OLD.
+//
+// Invariants this package keeps:
+//
+//   - Fenced: every lease carries a token drawn from a sequence when it is
+//     claimed. Fence locks the range row and checks the token inside the
+//     page's transaction, so a process whose lease was taken over (a paused or
+//     zombie pod) cannot commit for that range.
+//   - Exactly once: Advance moves the cursor and counters in the caller's
+//     transaction, the same one that rewrites the tokens and writes the audit
+//     rows, so all of them commit or none does.
+//   - The cursor only moves forward within a lease.
+package checkpoint

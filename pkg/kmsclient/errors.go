@@ -1,0 +1,75 @@
+package kmsclient
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/aws/smithy-go"
+)
+
+// Error classes. Callers match them with errors.Is.
+var (
+	// ErrKeyUnusable: the key is disabled, pending deletion, not found, or
+	// this identity may not use it. Retrying will not help; a human must act.
+	ErrKeyUnusable = errors.New("kms key unusable")
+	// ErrBadCiphertext: KMS refused this one wrapped key (corrupt, wrapped under
+	// another key, or another encryption context). It is a property of the
+	// row, not of the environment.
+	ErrBadCiphertext = errors.New("kms rejected the wrapped data key")
+)
+
+// Error is a failed KMS call. It names the operation and key ARN and carries
+// the AWS error code; it never holds key material.
+type Error struct {
+	Op     string // "Decrypt", "GenerateDataKey", ...
+	KeyARN string // the key the call was about
+	Code   string // AWS error code, or "" for transport errors
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Code != "" {
+		return fmt.Sprintf("kms %s with key %s: %s: %v", e.Op, e.KeyARN, e.Code, e.Err)
+	}
+	return fmt.Sprintf("kms %s with key %s: %v", e.Op, e.KeyARN, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Is lets errors.Is(err, ErrKeyUnusable) and errors.Is(err, ErrBadCiphertext)
+// classify by AWS error code.
+func (e *Error) Is(target error) bool {
+	switch target {
+	case ErrKeyUnusable:
+		return isKeyUnusable(e.Code)
+	case ErrBadCiphertext:
+		return isBadCiphertext(e.Code)
+	}
+	return false
+}
+
+func wrap(op, keyARN string, err error) error {
+	if err == nil {
+		return nil
+	}
+	e := &Error{Op: op, KeyARN: keyARN, Err: err}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		e.Code = ae.ErrorCode()
+	}
+	return e
+}
+
+func isKeyUnusable(code string) bool {
+	switch code {
+	case "DisabledException", "KMSInvalidStateException", "NotFoundException",
+		"AccessDeniedException", "InvalidKeyUsageException",
+		"UnrecognizedClientException", "InvalidArnException":
+		return true
+	}
+	return false
+}
+
+func isBadCiphertext(code string) bool {
+	return code == "InvalidCiphertextException" || code == "IncorrectKeyException"
+}

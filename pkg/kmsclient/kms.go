@@ -1,0 +1,105 @@
+package kmsclient
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+)
+
+// KMS is the subset of *kms.Client that reencrypt calls, with the SDK's exact
+// signatures.
+type KMS interface {
+	DescribeKey(ctx context.Context, in *kms.DescribeKeyInput, optFns ...func(*kms.Options)) (*kms.DescribeKeyOutput, error)
+	GenerateDataKey(ctx context.Context, in *kms.GenerateDataKeyInput, optFns ...func(*kms.Options)) (*kms.GenerateDataKeyOutput, error)
+	Decrypt(ctx context.Context, in *kms.DecryptInput, optFns ...func(*kms.Options)) (*kms.DecryptOutput, error)
+	ReEncrypt(ctx context.Context, in *kms.ReEncryptInput, optFns ...func(*kms.Options)) (*kms.ReEncryptOutput, error)
+	ScheduleKeyDeletion(ctx context.Context, in *kms.ScheduleKeyDeletionInput, optFns ...func(*kms.Options)) (*kms.ScheduleKeyDeletionOutput, error)
+}
+
+var _ KMS = (*kms.Client)(nil)
+
+// Options tune the SDK client. Zero values take the defaults below.
+type Options struct {
+	// MaxAttempts per call, first try included (default 8). Throttling and
+	// 5xx answers are retried with capped exponential backoff and jitter.
+	MaxAttempts int
+	// MaxBackoff caps the delay between two attempts (default 5s).
+	MaxBackoff time.Duration
+	// Budget, when set, paces every HTTP attempt (retries included).
+	Budget *Budget
+	// Observe, when set, is told about every HTTP attempt.
+	Observe Observer
+	// MaxConns is the idle connection pool per host (default 256), sized for
+	// the worker pool so that busy workers do not churn TCP connections.
+	MaxConns int
+	// Timeout bounds one HTTP attempt (default 15s).
+	Timeout time.Duration
+}
+
+const (
+	defaultMaxAttempts = 8
+	defaultMaxBackoff  = 5 * time.Second
+	defaultMaxConns    = 256
+	defaultTimeout     = 15 * time.Second
+)
+
+// New builds a KMS client from the SDK's default configuration chain, so
+// AWS_REGION, AWS_ENDPOINT_URL_KMS, AWS_PROFILE, web identity (IRSA) and the
+// usual credential variables work as in every other AWS tool.
+func New(ctx context.Context, opts Options) (*kms.Client, error) {
+	maxAttempts := opts.MaxAttempts
+	if maxAttempts <= 0 {
+		maxAttempts = defaultMaxAttempts
+	}
+	maxBackoff := opts.MaxBackoff
+	if maxBackoff <= 0 {
+		maxBackoff = defaultMaxBackoff
+	}
+	maxConns := opts.MaxConns
+	if maxConns <= 0 {
+		maxConns = defaultMaxConns
+	}
+	timeout := opts.Timeout
+	if timeout <= 0 {
+		timeout = defaultTimeout
+	}
+
+	httpClient := awshttp.NewBuildableClient().
+		WithTimeout(timeout).
+		WithTransportOptions(func(t *http.Transport) {
+			t.MaxIdleConns = maxConns
+			t.MaxIdleConnsPerHost = maxConns
+		})
+	cfg, err := config.LoadDefaultConfig(ctx,
+		config.WithHTTPClient(httpClient),
+		config.WithRetryer(func() aws.Retryer { return newRetryer(maxAttempts, maxBackoff) }),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("load aws configuration: %w", err)
+	}
+	if cfg.Region == "" {
+		return nil, fmt.Errorf("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile with a region)")
+	}
+	return kms.NewFromConfig(cfg, func(o *kms.Options) {
+		o.APIOptions = append(o.APIOptions, attemptMiddleware(opts.Budget, opts.Observe))
+	}), nil
+}
+
+// newRetryer is the SDK's standard retryer without its client-side retry
+// quota: the quota is the component that turns throttling under concurrency
+// into hard failures; the Budget does the pacing instead.
+func newRetryer(maxAttempts int, maxBackoff time.Duration) aws.Retryer {
+	return retry.NewStandard(func(o *retry.StandardOptions) {
+		o.MaxAttempts = maxAttempts
+		o.MaxBackoff = maxBackoff
+		o.RateLimiter = ratelimit.None
+	})
+}
