@@ -132,8 +132,8 @@ func (e *Engine) Spec() checkpoint.RunSpec {
 type Summary struct {
 	RunID    string
 	Pass     int
-	Process  checkpoint.Counts      // rows this process handled
-	PassAll  checkpoint.PassStatus  // the whole pass, all processes
+	Process  checkpoint.Counts     // rows this process handled
+	PassAll  checkpoint.PassStatus // the whole pass, all processes
 	Pages    int64
 	Duration time.Duration
 }
@@ -416,4 +416,11 @@ func retryable(err error) bool {
 		}
 	}
 	return true
+}
+
+// Progress is what this process has done so far.
+func (e *Engine) Progress() checkpoint.Counts {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.total
 }

@@ -24,8 +24,8 @@ type Table struct {
 	Spec   TableSpec
 	IDType string // "uuid", "bigint" or "integer"
 
-	qname, qid, qtoken       string // quoted table, id column, token column
-	qaudit, qauditID         string
+	qname, qid, qtoken string // quoted table, id column, token column
+	qaudit, qauditID   string
 }
 
 // Qualified is "schema.table" as configured, for messages and run ids.

@@ -146,15 +146,15 @@ func (s *Store) Claim(ctx context.Context, run Run, owner string, ttl time.Durat
 			state = 'running', owner = $3, lease_token = nextval($5::text::regclass),
 			lease_expires_at = now() + $4 * interval '1 millisecond',
 			claims = claims + 1, started_at = coalesce(started_at, now()), updated_at = now()
-		FROM (
+		WHERE r.run_id = $1 AND r.pass = $2 AND r.range_no = (
+			-- A scalar subquery runs once (an InitPlan); a join against it could
+			-- be rescanned per row and claim many ranges at once.
 			SELECT range_no FROM %[1]s.ranges
 			WHERE run_id = $1 AND pass = $2 AND state <> 'done'
 			  AND (lease_expires_at IS NULL OR lease_expires_at < now())
 			ORDER BY range_no
 			LIMIT 1
-			FOR UPDATE SKIP LOCKED
-		) pick
-		WHERE r.run_id = $1 AND r.pass = $2 AND r.range_no = pick.range_no
+			FOR UPDATE SKIP LOCKED)
 		RETURNING r.range_no, r.lease_token, r.lower_bound, r.upper_bound, r.cursor`,
 		s.schema),
 		run.ID, run.Pass, owner, ttl.Milliseconds(), s.schema+".lease_tokens").

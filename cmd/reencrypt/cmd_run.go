@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+)
+
+func init() {
+	register("run", "rotate every token from OLD_KEY_ID to NEW_KEY_ID (rerun to resume)", cmdRun)
+}
+
+func cmdRun(ctx context.Context, a *app, _ []string) error {
+	cfg := a.cfg
+	a.log.Info("reencrypt run starting", "config", cfg.Redacted(), "owner", a.owner())
+	db, err := a.db(ctx)
+	if err != nil {
+		return err
+	}
+	kc, err := a.client(ctx)
+	if err != nil {
+		return err
+	}
+	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, batch.Mode(cfg.Mode))
+	if err != nil {
+		return err
+	}
+	workers := cfg.KMSConcurrency
+	if workers == 0 {
+		workers = a.budget.Concurrency(checked.KMSLatency, 4, 64)
+	}
+	a.log.Info("preflight passed",
+		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN, "id_type", checked.Table.IDType,
+		"kms_latency_ms", float64(checked.KMSLatency.Microseconds())/1000,
+		"kms_budget_per_s", a.budget.PerSecond(), "kms_workers", workers)
+
+	store := checkpoint.New(db, cfg.StateSchema)
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	stopMetrics, err := a.serveMetrics(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+
+	engine, err := batch.New(batch.Config{
+		Table: checked.Table, Old: checked.Old, New: checked.New,
+		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace,
+		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
+		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
+		StopGrace: cfg.StopGrace, Owner: a.owner(),
+	}, db, store, kc, a.log, a.metrics)
+	if err != nil {
+		return err
+	}
+	stopProgress := a.startProgress(ctx, store, engine)
+	sum, runErr := engine.Run(ctx)
+	stopProgress()
+	a.pushMetrics()
+
+	p := sum.Process
+	rate := 0.0
+	if sum.Duration > 0 {
+		rate = float64(p.Rows()) / sum.Duration.Seconds()
+	}
+	a.log.Info("reencrypt run finished",
+		"run_id", sum.RunID, "pass", sum.Pass, "rotated", p.Rotated, "skipped", p.Skipped,
+		"other_key", p.OtherKey, "quarantined", p.Quarantined, "conflicted", p.Conflicted,
+		"pages", sum.Pages, "seconds", sum.Duration.Round(time.Millisecond).Seconds(), "rows_per_s", int(rate),
+		"pass_ranges_done", sum.PassAll.Done, "pass_ranges", sum.PassAll.Ranges,
+		"pass_rotated", sum.PassAll.Counts.Rotated, "pass_quarantined", sum.PassAll.Counts.Quarantined,
+		"kms_requests", a.kmsRequestCounts())
+	fmt.Fprintf(a.stdout, "run %s pass %d: rotated %d, already under the new key %d, under another key %d, quarantined %d, conflicted %d in %s (%d rows/s)\n",
+		sum.RunID, sum.Pass, p.Rotated, p.Skipped, p.OtherKey, p.Quarantined, p.Conflicted,
+		sum.Duration.Round(time.Millisecond), int(rate))
+	return runErr
+}

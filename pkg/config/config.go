@@ -1,0 +1,240 @@
+// Package config is reencrypt's one configuration: environment variables
+// (as in the runbook's Job) parsed by caarlos0/env, with a command-line flag
+// mirroring each variable (BATCH_SIZE ⇔ --batch-size). Flags win over the
+// environment. Only cmd/ reads the environment; packages take values.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config holds every setting of every sub-command.
+type Config struct {
+	DatabaseURL string `env:"DATABASE_URL" help:"Postgres connection URL (keyword/value strings work too)"`
+	OldKeyID    string `env:"OLD_KEY_ID" help:"KMS key the tokens are under now: key id, ARN, alias/name or alias ARN"`
+	NewKeyID    string `env:"NEW_KEY_ID" help:"KMS key to move the tokens to: key id, ARN, alias/name or alias ARN"`
+	Mode        string `env:"MODE" envDefault:"rekey" help:"rekey (new data keys, tokens re-sealed) or rewrap (KMS ReEncrypt of each data key; no plaintext here)"`
+	BatchSize   int    `env:"BATCH_SIZE" envDefault:"1000" help:"rows per page and per transaction"`
+
+	TableSchema   string `env:"TABLE_SCHEMA" envDefault:"public" help:"schema of the token and audit tables"`
+	Table         string `env:"TABLE" envDefault:"payment_methods" help:"table holding the tokens"`
+	IDColumn      string `env:"ID_COLUMN" envDefault:"id" help:"primary key column (uuid, bigint or integer)"`
+	TokenColumn   string `env:"TOKEN_COLUMN" envDefault:"encrypted_token" help:"bytea column holding envelope-v1 tokens"`
+	AuditTable    string `env:"AUDIT_TABLE" envDefault:"payment_method_audit" help:"audit table, one row per rotated token"`
+	AuditIDColumn string `env:"AUDIT_ID_COLUMN" envDefault:"payment_method_id" help:"audit column referencing the token row"`
+	Namespace     string `env:"NAMESPACE" envDefault:"payment_methods" help:"envelope AAD namespace and KMS encryption context"`
+	StateSchema   string `env:"STATE_SCHEMA" envDefault:"reencrypt" help:"schema for reencrypt's own bookkeeping tables"`
+
+	KMSRateLimit   float64       `env:"KMS_RATE_LIMIT" envDefault:"1000" help:"KMS requests per second for the whole Job, shared by SHARD_COUNT pods (0 = unlimited)"`
+	KMSConcurrency int           `env:"KMS_CONCURRENCY" envDefault:"0" help:"KMS calls in flight per process (0 = sized from measured latency and the rate budget)"`
+	KMSMaxAttempts int           `env:"KMS_MAX_ATTEMPTS" envDefault:"8" help:"attempts per KMS call on throttling or 5xx"`
+	DEKCacheSize   int           `env:"DEK_CACHE_SIZE" envDefault:"4096" help:"unwrapped data keys kept in memory (0 = none)"`
+	DEKCacheTTL    time.Duration `env:"DEK_CACHE_TTL" envDefault:"5m" help:"longest time an unwrapped data key is kept"`
+
+	ShardIndex   int           `env:"SHARD_INDEX" envDefault:"-1" help:"this pod's index in the Job (default: JOB_COMPLETION_INDEX, else 0)"`
+	ShardCount   int           `env:"SHARD_COUNT" envDefault:"1" help:"pods sharing the work and the KMS budget"`
+	Ranges       int           `env:"RANGES" envDefault:"0" help:"ranges a pass is cut into (0 = 16 per shard, at least 64)"`
+	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"2" help:"ranges one process works at once"`
+	LeaseTTL     time.Duration `env:"LEASE_TTL" envDefault:"30s" help:"range lease; a dead pod's range is taken over after it"`
+	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included"`
+	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
+
+	MetricsAddr    string `env:"METRICS_ADDR" envDefault:"" help:"serve /metrics on this address while running (e.g. :9090)"`
+	PushgatewayURL string `env:"PUSHGATEWAY_URL" envDefault:"" help:"push final metrics to this Prometheus Pushgateway"`
+	LogLevel       string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	Progress       string `env:"PROGRESS" envDefault:"auto" help:"progress bar: auto (only on a terminal), on or off"`
+}
+
+// Load reads the environment, then the flags in args, and validates. It
+// returns the remaining (positional) arguments. extra, when set, registers a
+// command's own flags on the same flag set.
+func Load(name string, args []string, environ map[string]string, usage io.Writer, extra func(*flag.FlagSet)) (*Config, []string, error) {
+	cfg := &Config{}
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
+		return nil, nil, fmt.Errorf("environment: %w", err)
+	}
+	if cfg.ShardIndex < 0 {
+		cfg.ShardIndex = 0
+		if v, ok := environ["JOB_COMPLETION_INDEX"]; ok && v != "" {
+			i, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, nil, fmt.Errorf("JOB_COMPLETION_INDEX %q is not a number", v)
+			}
+			cfg.ShardIndex = i
+		}
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(usage)
+	Flags(fs, cfg)
+	if extra != nil {
+		extra(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, nil, err
+	}
+	return cfg, fs.Args(), nil
+}
+
+// Flags registers a flag for every field of cfg, named after its variable
+// (BATCH_SIZE → --batch-size), defaulting to the value cfg holds now.
+func Flags(fs *flag.FlagSet, cfg *Config) {
+	v := reflect.ValueOf(cfg).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name := f.Tag.Get("env")
+		if name == "" {
+			continue
+		}
+		flagName := strings.ReplaceAll(strings.ToLower(name), "_", "-")
+		help := f.Tag.Get("help") + " [$" + name + "]"
+		p := v.Field(i).Addr().Interface()
+		switch p := p.(type) {
+		case *string:
+			fs.StringVar(p, flagName, *p, help)
+		case *int:
+			fs.IntVar(p, flagName, *p, help)
+		case *float64:
+			fs.Float64Var(p, flagName, *p, help)
+		case *time.Duration:
+			fs.DurationVar(p, flagName, *p, help)
+		case *bool:
+			fs.BoolVar(p, flagName, *p, help)
+		}
+	}
+}
+
+// Validate checks what can be checked without a database or KMS. Every
+// message names the variable to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	if c.Mode != "rekey" && c.Mode != "rewrap" {
+		bad("MODE %q: want rekey or rewrap", c.Mode)
+	}
+	if c.BatchSize < 1 || c.BatchSize > 100_000 {
+		bad("BATCH_SIZE %d: want 1..100000", c.BatchSize)
+	}
+	for name, val := range map[string]string{"TABLE_SCHEMA": c.TableSchema, "TABLE": c.Table, "ID_COLUMN": c.IDColumn,
+		"TOKEN_COLUMN": c.TokenColumn, "AUDIT_TABLE": c.AuditTable, "AUDIT_ID_COLUMN": c.AuditIDColumn, "STATE_SCHEMA": c.StateSchema} {
+		if err := identifier(val); err != nil {
+			bad("%s: %v", name, err)
+		}
+	}
+	if c.Namespace == "" || len(c.Namespace) > 1024 {
+		bad("NAMESPACE must be 1..1024 bytes")
+	}
+	if c.KMSRateLimit < 0 {
+		bad("KMS_RATE_LIMIT %v: want >= 0", c.KMSRateLimit)
+	}
+	if c.KMSConcurrency < 0 || c.KMSConcurrency > 1024 {
+		bad("KMS_CONCURRENCY %d: want 0..1024", c.KMSConcurrency)
+	}
+	if c.ShardCount < 1 || c.ShardCount > 10_000 {
+		bad("SHARD_COUNT %d: want 1..10000", c.ShardCount)
+	}
+	if c.ShardIndex < 0 || c.ShardIndex >= c.ShardCount {
+		bad("SHARD_INDEX %d: want 0..SHARD_COUNT-1 (%d)", c.ShardIndex, c.ShardCount-1)
+	}
+	if c.Ranges < 0 || c.Ranges > 100_000 {
+		bad("RANGES %d: want 0..100000", c.Ranges)
+	}
+	if c.RangeWorkers < 1 || c.RangeWorkers > 64 {
+		bad("RANGE_WORKERS %d: want 1..64", c.RangeWorkers)
+	}
+	if c.LeaseTTL < time.Second {
+		bad("LEASE_TTL %s: want at least 1s", c.LeaseTTL)
+	}
+	if c.PageTimeout < time.Second {
+		bad("PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
+	}
+	if c.StopGrace < 0 || c.StopGrace >= c.LeaseTTL {
+		bad("STOP_GRACE %s: want 0..LEASE_TTL", c.StopGrace)
+	}
+	if c.PushgatewayURL != "" {
+		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
+			bad("PUSHGATEWAY_URL %q is not an absolute URL", c.PushgatewayURL)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.Progress {
+	case "auto", "on", "off":
+	default:
+		bad("PROGRESS %q: want auto, on or off", c.Progress)
+	}
+	return errors.Join(errs...)
+}
+
+// identifier accepts any name Postgres accepts once quoted, except empty,
+// over-long or NUL-containing ones, which quoting cannot make safe.
+func identifier(s string) error {
+	switch {
+	case s == "":
+		return errors.New("empty name")
+	case len(s) > 63:
+		return fmt.Errorf("name of %d bytes: Postgres truncates names above 63", len(s))
+	case strings.ContainsRune(s, 0):
+		return errors.New("name contains a NUL byte")
+	case !utf8Valid(s):
+		return errors.New("name is not valid UTF-8")
+	}
+	return nil
+}
+
+func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
+
+// Ranges is the number of ranges to plan: RANGES, or 16 per shard, at least 64.
+func (c *Config) RangeCount() int {
+	if c.Ranges > 0 {
+		return c.Ranges
+	}
+	return max(64, 16*c.ShardCount)
+}
+
+// Redacted is the configuration as it may be logged: the database password
+// is masked.
+func (c *Config) Redacted() map[string]any {
+	out := map[string]any{}
+	v := reflect.ValueOf(c).Elem()
+	t := v.Type()
+	for i := range t.NumField() {
+		name := t.Field(i).Tag.Get("env")
+		val := v.Field(i).Interface()
+		if name == "DATABASE_URL" {
+			val = redactURL(c.DatabaseURL)
+		}
+		out[name] = fmt.Sprint(val)
+	}
+	return out
+}
+
+func redactURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil || u.Scheme == "" {
+		if strings.Contains(s, "password") {
+			return "[redacted]"
+		}
+		return s
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	return u.String()
+}
