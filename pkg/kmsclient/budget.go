@@ -30,10 +30,13 @@ func NewBudget(clusterPerSec float64, processes int) *Budget {
 	if perSec <= 0 {
 		return &Budget{limiter: rate.NewLimiter(rate.Inf, 0), perSec: math.Inf(1)}
 	}
-	// A burst of a tenth of a second keeps the rate smooth over any window a
-	// KMS quota is measured on (one second) while letting a page start fast.
-	burst := max(1, int(perSec/10))
-	return &Budget{limiter: rate.NewLimiter(rate.Limit(perSec), burst), perSec: perSec}
+	// A token bucket lets through rate×T + burst requests in any window T.
+	// Refilling at perSec − burst keeps every one-second window, the span
+	// KMS quotas are measured on, at or under perSec; a burst of 2 % lets a
+	// page start without waiting.
+	burst := max(1, int(perSec/50))
+	refill := max(perSec-float64(burst), perSec/2)
+	return &Budget{limiter: rate.NewLimiter(rate.Limit(refill), burst), perSec: perSec}
 }
 
 // PerSecond is the budget's rate; +Inf when unlimited.

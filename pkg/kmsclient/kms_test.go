@@ -1,0 +1,287 @@
+package kmsclient_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/ratelimit"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/reencrypt/reencrypt/internal/kmsfault"
+	"github.com/reencrypt/reencrypt/internal/testbed"
+	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+// newSDKClient builds a client the way production does (kmsclient.New reads
+// the default chain), pointed at endpoint through AWS_ENDPOINT_URL_KMS.
+func newSDKClient(t *testing.T, k *testbed.KMSServer, endpoint string, opts kmsclient.Options) *kms.Client {
+	t.Helper()
+	for _, kv := range k.Env() {
+		name, val, _ := strings.Cut(kv, "=")
+		t.Setenv(name, val)
+	}
+	if endpoint != "" {
+		t.Setenv("AWS_ENDPOINT_URL_KMS", endpoint)
+	}
+	c, err := kmsclient.New(context.Background(), opts)
+	if err != nil {
+		t.Fatalf("kmsclient.New: %v", err)
+	}
+	return c
+}
+
+func newKey(t *testing.T, k *testbed.KMSServer, api kmsclient.KMS, name string) kmsclient.Key {
+	t.Helper()
+	alias := fmt.Sprintf("%s-%d", name, time.Now().UnixNano())
+	if _, err := k.CreateKey(context.Background(), alias); err != nil {
+		t.Fatalf("create key: %v", err)
+	}
+	key, err := kmsclient.Resolve(context.Background(), api, "alias/"+alias)
+	if err != nil {
+		t.Fatalf("resolve: %v", err)
+	}
+	return key
+}
+
+// The KMS tests run against both emulators; local-kms is the reference and
+// enforces key state, moto is the engine behind early LocalStack.
+func emulators(t *testing.T) map[string]*testbed.KMSServer {
+	return map[string]*testbed.KMSServer{"local-kms": testbed.LocalKMS(t), "moto": testbed.Moto(t)}
+}
+
+func TestEnvelopeRoundTripThroughKMS(t *testing.T) {
+	for name, k := range emulators(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			api := newSDKClient(t, k, "", kmsclient.Options{})
+			key := newKey(t, k, api, "rt")
+			if !strings.HasPrefix(key.ARN, "arn:aws:kms:") || strings.Contains(key.ARN, "alias/") {
+				t.Fatalf("alias resolved to %q, want a key ARN", key.ARN)
+			}
+			if key.Alias() == "" {
+				t.Errorf("Alias() is empty for a key configured by alias")
+			}
+			c := kmsclient.NewClient(api, "payment_methods", nil)
+			dek, wdek, err := c.GenerateDataKey(ctx, key.ARN)
+			if err != nil {
+				t.Fatalf("GenerateDataKey: %v", err)
+			}
+			plain := []byte("tok_4242424242424242")
+			env, err := envelope.SealRandom(dek, key.ARN, wdek, "payment_methods", "row-1", plain)
+			dek.Zero()
+			if err != nil {
+				t.Fatal(err)
+			}
+			dek2, err := c.Decrypt(ctx, key.ARN, env.WDEK)
+			if err != nil {
+				t.Fatalf("Decrypt: %v", err)
+			}
+			got, err := envelope.Open(env, dek2, "payment_methods", "row-1")
+			if err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("open after KMS decrypt: got %q, %v; want %q", got, err, plain)
+			}
+
+			// A wrong namespace is refused by KMS itself (encryption context).
+			other := kmsclient.NewClient(api, "customer_secrets", nil)
+			_, err = other.Decrypt(ctx, key.ARN, env.WDEK)
+			if !errors.Is(err, kmsclient.ErrBadCiphertext) {
+				t.Fatalf("decrypt with another namespace: got %v, want ErrBadCiphertext", err)
+			}
+		})
+	}
+}
+
+func TestRewrapKeepsNonceAndCiphertext(t *testing.T) {
+	for name, k := range emulators(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			api := newSDKClient(t, k, "", kmsclient.Options{})
+			oldKey, newKey := newKey(t, k, api, "old"), newKey(t, k, api, "new")
+			c := kmsclient.NewClient(api, "payment_methods", nil)
+			dek, wdek, err := c.GenerateDataKey(ctx, oldKey.ARN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			plain := []byte("tok_visa_0001")
+			env, err := envelope.SealRandom(dek, oldKey.ARN, wdek, "payment_methods", "42", plain)
+			dek.Zero()
+			if err != nil {
+				t.Fatal(err)
+			}
+			newWDEK, err := c.ReEncrypt(ctx, env.WDEK, oldKey.ARN, newKey.ARN)
+			if err != nil {
+				t.Fatalf("ReEncrypt: %v", err)
+			}
+			moved, err := env.Rewrap(newKey.ARN, newWDEK)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(moved.Nonce, env.Nonce) || !bytes.Equal(moved.Ciphertext, env.Ciphertext) {
+				t.Fatalf("rewrap changed nonce or ciphertext")
+			}
+			if moved.KID != newKey.ARN {
+				t.Fatalf("kid %q, want %q", moved.KID, newKey.ARN)
+			}
+			dekNew, err := c.Decrypt(ctx, newKey.ARN, moved.WDEK)
+			if err != nil {
+				t.Fatalf("decrypt rewrapped key under NEW: %v", err)
+			}
+			got, err := envelope.Open(moved, dekNew, "payment_methods", "42")
+			if err != nil || !bytes.Equal(got, plain) {
+				t.Fatalf("open rewrapped token: got %q, %v", got, err)
+			}
+			// Decrypt pins KeyId: the rewrapped key does not decrypt as OLD.
+			if _, err := c.Decrypt(ctx, oldKey.ARN, moved.WDEK); err == nil {
+				t.Fatalf("decrypting a NEW-wrapped key with KeyId=OLD succeeded; KeyId is not pinned")
+			}
+		})
+	}
+}
+
+// local-kms enforces key state; moto does not (see testbed.StartMoto).
+func TestDisabledKeyIsUnusable(t *testing.T) {
+	ctx := context.Background()
+	k := testbed.LocalKMS(t)
+	api := newSDKClient(t, k, "", kmsclient.Options{})
+	key := newKey(t, k, api, "disabled")
+	c := kmsclient.NewClient(api, "payment_methods", nil)
+	_, wdek, err := c.GenerateDataKey(ctx, key.ARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := api.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(key.ARN)}); err != nil {
+		t.Fatal(err)
+	}
+	for name, call := range map[string]func() error{
+		"GenerateDataKey": func() error { _, _, err := c.GenerateDataKey(ctx, key.ARN); return err },
+		"Decrypt":         func() error { _, err := c.Decrypt(ctx, key.ARN, wdek); return err },
+	} {
+		err := call()
+		var kerr *kmsclient.Error
+		if !errors.Is(err, kmsclient.ErrKeyUnusable) || !errors.As(err, &kerr) || kerr.KeyARN != key.ARN {
+			t.Errorf("%s on a disabled key: got %v, want a *kmsclient.Error naming the key that is ErrKeyUnusable", name, err)
+		}
+	}
+	resolved, err := kmsclient.Resolve(ctx, api, key.ARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := resolved.Usable(); !errors.Is(err, kmsclient.ErrKeyUnusable) || !strings.Contains(err.Error(), "Disabled") {
+		t.Errorf("Usable() on a disabled key: got %v", err)
+	}
+	if _, err := kmsclient.Resolve(ctx, api, "alias/does-not-exist"); !errors.Is(err, kmsclient.ErrKeyUnusable) {
+		t.Errorf("resolving a missing alias: got %v, want ErrKeyUnusable (NotFound)", err)
+	}
+}
+
+// The SDK's default retryer shares a 500-token retry quota per client. Under
+// throttling, 64 concurrent callers drain it and calls fail with "retry
+// quota exceeded". The project's client must not fail for that reason; the
+// default client is run beside it to show the test can fail.
+func TestThrottlingWithManyCallers(t *testing.T) {
+	k := testbed.LocalKMS(t)
+	proxy, err := kmsfault.Start(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+
+	ours := newSDKClient(t, k, proxy.Endpoint(), kmsclient.Options{MaxAttempts: 12, MaxBackoff: 200 * time.Millisecond})
+	key := newKey(t, k, ours, "throttle")
+	// The SDK default: standard retryer, 3 attempts, token-bucket quota.
+	sdkDefault := kms.New(ours.Options(), func(o *kms.Options) {
+		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) { so.MaxBackoff = 200 * time.Millisecond })
+	})
+
+	run := func(api kmsclient.KMS) (failures, quota int) {
+		proxy.Set(kmsfault.Faults{Throttle: 0.5})
+		defer proxy.Set(kmsfault.Faults{})
+		c := kmsclient.NewClient(api, "payment_methods", nil)
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Go(func() {
+				for range 10 {
+					dek, _, err := c.GenerateDataKey(context.Background(), key.ARN)
+					if err == nil {
+						dek.Zero()
+						continue
+					}
+					mu.Lock()
+					failures++
+					var qe *ratelimit.QuotaExceededError
+					if errors.As(err, &qe) || strings.Contains(err.Error(), "retry quota exceeded") {
+						quota++
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		return failures, quota
+	}
+
+	dFail, dQuota := run(sdkDefault)
+	t.Logf("SDK default retryer: %d of 640 calls failed, %d for the retry quota", dFail, dQuota)
+	if dFail == 0 {
+		t.Fatalf("the SDK default retryer had no failure at 50%% throttling: the fault proxy is not throttling, so this test proves nothing")
+	}
+	oFail, oQuota := run(ours)
+	if oFail != 0 || oQuota != 0 {
+		t.Fatalf("kmsclient: %d of 640 calls failed (%d for the retry quota), want 0", oFail, oQuota)
+	}
+}
+
+// The budget paces every HTTP attempt, retries included.
+func TestBudgetBoundsRequestRate(t *testing.T) {
+	k := testbed.LocalKMS(t)
+	proxy, err := kmsfault.Start(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	budget := kmsclient.NewBudget(400, 2) // 200/s for this process
+	api := newSDKClient(t, k, proxy.Endpoint(), kmsclient.Options{Budget: budget, MaxBackoff: 50 * time.Millisecond})
+	key := newKey(t, k, api, "budget")
+	c := kmsclient.NewClient(api, "payment_methods", nil)
+	proxy.Set(kmsfault.Faults{Throttle: 0.2})
+	proxy.ResetCounts()
+	var wg sync.WaitGroup
+	start := time.Now()
+	for range 32 {
+		wg.Go(func() {
+			for range 20 {
+				if dek, _, err := c.GenerateDataKey(context.Background(), key.ARN); err == nil {
+					dek.Zero()
+				}
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	rate := float64(proxy.Total()) / elapsed.Seconds()
+	t.Logf("%d attempts in %s: %.0f/s mean, %.0f in the busiest second; budget 200/s", proxy.Total(), elapsed, rate, proxy.MaxRate())
+	// 2 % slack for requests that left the bucket in one window and reached
+	// the proxy in the next.
+	if peak := proxy.MaxRate(); peak > 200*1.02 {
+		t.Fatalf("busiest second had %.0f requests, budget is 200/s", peak)
+	}
+	if rate < 170 {
+		t.Fatalf("mean rate %.0f/s: the budget of 200/s is not being used", rate)
+	}
+	if got := budget.Concurrency(10*time.Millisecond, 4, 256); got != 4 {
+		t.Errorf("Concurrency(10ms) at 200/s = %d, want 4 (the minimum; Little's law gives 3)", got)
+	}
+	if got := kmsclient.NewBudget(1000, 1).Concurrency(10*time.Millisecond, 4, 256); got != 15 {
+		t.Errorf("Concurrency(10ms) at 1000/s = %d, want 15", got)
+	}
+}
