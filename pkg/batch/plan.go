@@ -33,22 +33,7 @@ func planRanges(ctx context.Context, db DB, t *Table, n int) ([]checkpoint.Bound
 
 func uuidRanges(n int) []checkpoint.Bounds {
 	space := new(big.Int).Lsh(big.NewInt(1), 128)
-	out := make([]checkpoint.Bounds, n)
-	var prev *string
-	for i := 0; i < n; i++ {
-		out[i].Lower = prev
-		if i == n-1 {
-			break
-		}
-		// upper bound of range i: (i+1)·2^128/n − 1
-		b := new(big.Int).Mul(space, big.NewInt(int64(i+1)))
-		b.Div(b, big.NewInt(int64(n)))
-		b.Sub(b, big.NewInt(1))
-		s := formatUUID(b)
-		out[i].Upper = &s
-		prev = &s
-	}
-	return out
+	return cut(space, big.NewInt(0), n, formatUUID)
 }
 
 func formatUUID(v *big.Int) string {
@@ -64,18 +49,26 @@ func intRanges(lo, hi int64, n int) []checkpoint.Bounds {
 	if span.Cmp(big.NewInt(int64(n))) < 0 {
 		n = int(span.Int64())
 	}
+	return cut(span, big.NewInt(lo), n, (*big.Int).String)
+}
+
+// cut splits [start, start+span) into n ranges of (lower, upper]: the upper
+// bound of range i is start − 1 + (i+1)·span/n, formatted by format. The
+// first range has no lower bound and the last no upper bound, so ids outside
+// the planned span (inserted later, or below it) still belong to a range.
+func cut(span, start *big.Int, n int, format func(*big.Int) string) []checkpoint.Bounds {
 	out := make([]checkpoint.Bounds, n)
 	var prev *string
-	for i := 0; i < n; i++ {
+	for i := range n {
 		out[i].Lower = prev
 		if i == n-1 {
 			break
 		}
-		// upper bound of range i: lo − 1 + (i+1)·span/n
 		b := new(big.Int).Mul(span, big.NewInt(int64(i+1)))
 		b.Div(b, big.NewInt(int64(n)))
-		b.Add(b, big.NewInt(lo-1))
-		s := b.String()
+		b.Add(b, start)
+		b.Sub(b, big.NewInt(1))
+		s := format(b)
 		out[i].Upper = &s
 		prev = &s
 	}
