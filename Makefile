@@ -23,6 +23,12 @@ test-short: ## the tests without the race detector, faster while editing
 fuzz: ## fuzz the envelope parser for FUZZTIME (default 60s)
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $${FUZZTIME:-60s} ./pkg/envelope/
 
+bench: ## side-by-side benchmark, 200,000 rows x 3 rounds (BENCH_FLAGS="-rows 1000000"); table on stdout, JSON in bench/results/
+	$(GO) run ./bench $(BENCH_FLAGS)
+
+bench-smoke: ## CI-sized benchmark (3,000 rows): every row rotated and correct, KMS calls per row; never asserts timings
+	$(GO) run ./bench -smoke
+
 demo: ## the main job on a local default: throwaway Postgres + local-kms, 100,000 tokens rotated and verified
 	$(GO) run ./demo
 

@@ -20,6 +20,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/config"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/registry"
 )
 
 // Exit codes, documented in the README and matched by deploy/job.yaml.
@@ -61,6 +62,7 @@ type app struct {
 	stdout  io.Writer
 	stderr  io.Writer
 	environ map[string]string
+	logw    *logWriter // the logger's output; it keeps log lines off the progress bar
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *metrics.Metrics
@@ -96,7 +98,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ m
 		return exitConfig
 	}
 	a := &app{cfg: cfg, args: rest, stdout: stdout, stderr: stderr, environ: environ}
-	a.log = newLogger(stderr, cfg.LogLevel)
+	a.logw = newLogWriter(stderr)
+	a.log = newLogger(a.logw, cfg.LogLevel)
 	a.reg = prometheus.NewRegistry()
 	a.metrics = metrics.New(a.reg)
 	defer a.close()
@@ -120,7 +123,7 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nEvery command takes the same configuration: environment variables, or the flags\nmirroring them. `reencrypt <command> --help` lists them with their defaults.")
-	fmt.Fprintln(w, "\nexit codes: 0 done; 65 done but rows quarantined; 75 retry; 77 KMS key unusable; 78 configuration refused; 1 internal error")
+	fmt.Fprintln(w, "\nexit codes: 0 done; 65 done but rows quarantined (run), verification failed (verify), rows still under the key (keys);\n75 retry; 77 KMS key unusable; 78 configuration refused; 1 internal error")
 }
 
 func exitCode(err error) int {
@@ -142,6 +145,10 @@ func exitCode(err error) int {
 		return exitRetry
 	case errors.Is(err, errVerifyFailed):
 		return exitQuarantined
+	case errors.Is(err, registry.ErrInUse): // keys retire / schedule-deletion: rows still under the key
+		return exitQuarantined
+	case errors.Is(err, registry.ErrRefused): // keys: the registry's state forbids it
+		return exitConfig
 	}
 	return exitInternal
 }

@@ -1,19 +1,25 @@
 package batch_test
 
 import (
+	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/jackc/pgx/v5/pgxpool"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/metrics"
 )
 
 // countingKMS counts the calls that do rotation work.
@@ -40,42 +46,88 @@ func (c *countingKMS) ReEncrypt(ctx context.Context, in *kms.ReEncryptInput, o .
 func (c *countingKMS) total() int64 { return c.decrypt.Load() + c.generate.Load() + c.reencrypt.Load() }
 
 type runOpts struct {
-	mode     batch.Mode
-	old, new kmsclient.Key
-	batch    int
-	lease    time.Duration
-	owner    string
-	ranges   int
-	api      kmsclient.KMS
+	mode         batch.Mode
+	old, new     kmsclient.Key
+	batch        int
+	lease        time.Duration
+	owner        string
+	ranges       int
+	rangeWorkers int
+	api          kmsclient.KMS
+	db           batch.DB         // default: a pool of the engine's own, closed after the run
+	metrics      *metrics.Metrics // default: a throwaway set
+	logs         io.Writer        // default: the test log when -v
+	ctx          context.Context
 }
 
-// rotate runs one engine to the end of its pass, as one process would.
+// rotate runs one engine to the end of its pass, as one process would: with
+// a connection pool of its own (sized like the CLI's), its own data-key
+// cache and its own owner name. Set-up failures are returned, not fatal, so
+// that it may run on a goroutine of its own (then pass o.db).
 func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 	t.Helper()
-	ctx := context.Background()
+	ctx := o.ctx
+	if ctx == nil {
+		ctx = context.Background()
+	}
 	if o.old.ARN == "" {
 		o.old, o.new = e.Old, e.New
 	}
 	if o.api == nil {
 		o.api = e.API
 	}
-	table, err := batch.Inspect(ctx, e.DB, batch.TableSpec{Schema: "public", Name: "payment_methods", IDColumn: "id",
-		TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"})
-	if err != nil {
-		t.Fatalf("inspect: %v", err)
+	if o.db == nil {
+		o.db = newPool(t, e, int32(max(o.rangeWorkers, 2)+4))
 	}
-	store := checkpoint.New(e.DB, "reencrypt")
+	if o.logs == nil {
+		o.logs = testWriter(t)
+	}
+	table, err := batch.Inspect(ctx, o.db, e.Spec())
+	if err != nil {
+		return batch.Summary{}, fmt.Errorf("test set-up: inspect: %w", err)
+	}
+	store := checkpoint.New(o.db, "reencrypt")
 	if err := store.Migrate(ctx); err != nil {
-		t.Fatalf("migrate: %v", err)
+		return batch.Summary{}, fmt.Errorf("test set-up: migrate: %w", err)
 	}
-	kc := kmsclient.NewClient(o.api, fixture.Namespace, kmsclient.NewCache(1024, time.Minute))
+	cache := kmsclient.NewCache(1024, time.Minute)
+	defer cache.Purge()
+	kc := kmsclient.NewClient(o.api, fixture.Namespace, cache)
 	eng, err := batch.New(batch.Config{Table: table, Old: o.old, New: o.new, Mode: o.mode,
-		BatchSize: o.batch, LeaseTTL: o.lease, Owner: o.owner, Ranges: o.ranges, Workers: 8},
-		e.DB, store, kc, slog.New(slog.NewJSONHandler(testWriter(t), nil)), nil)
+		BatchSize: o.batch, LeaseTTL: o.lease, Owner: o.owner, Ranges: o.ranges, Workers: 8,
+		RangeWorkers: o.rangeWorkers, StopGrace: time.Second},
+		o.db, store, kc, slog.New(slog.NewJSONHandler(o.logs, nil)), o.metrics)
 	if err != nil {
-		t.Fatalf("engine: %v", err)
+		return batch.Summary{}, fmt.Errorf("test set-up: engine: %w", err)
 	}
 	return eng.Run(ctx)
+}
+
+// newPool opens a pool of at most conns connections to the test database,
+// closed when the test ends.
+func newPool(t *testing.T, e *fixture.Env, conns int32) *pgxpool.Pool {
+	t.Helper()
+	pc, err := pgxpool.ParseConfig(e.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc.MaxConns = conns
+	p, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// counter reads a counter of a metrics set.
+func counter(t *testing.T, c interface{ Write(*dto.Metric) error }) float64 {
+	t.Helper()
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	return m.GetCounter().GetValue()
 }
 
 type tWriter struct{ t *testing.T }
@@ -87,4 +139,22 @@ func testWriter(t *testing.T) io.Writer {
 		return tWriter{t}
 	}
 	return io.Discard
+}
+
+// logBuffer keeps everything an engine logs, for checks on what it says.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

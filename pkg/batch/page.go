@@ -57,6 +57,8 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		return false, err
 	}
 	done := len(rows) < e.cfg.BatchSize // a short page means the range is finished
+	readTook := time.Since(start)
+	var rotateTook, commitTook time.Duration // for the page's debug line
 	var last *string
 	if len(rows) > 0 {
 		last = &rows[len(rows)-1].id
@@ -75,15 +77,20 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	var total checkpoint.Counts
 	pending := rows
 	for attempt := 0; ; attempt++ {
+		t0 := time.Now()
 		results, err := e.rotate(ctx, pending, &sealer)
 		if err != nil {
 			return false, err
 		}
+		rotateTook += time.Since(t0)
+		crashPoint("after_kms")
 		finalTry := attempt >= e.cfg.ConflictRetries
+		t0 = time.Now()
 		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, finalTry)
 		if err != nil {
 			return false, err
 		}
+		commitTook += time.Since(t0)
 		total = total.Add(counts)
 		if len(conflicts) == 0 || finalTry {
 			if len(conflicts) > 0 {
@@ -109,7 +116,10 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		l.Cursor = last
 	}
 
-	e.metrics.PageDuration.Observe(time.Since(start).Seconds())
+	took := time.Since(start)
+	e.metrics.PageDuration.Observe(took.Seconds())
+	log.Debug("page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
+		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())
 	e.metrics.LastSuccess.SetToCurrentTime()
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeSkipped).Add(float64(total.Skipped))
@@ -186,6 +196,9 @@ func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Seale
 	}
 	if len(groups) == 0 {
 		return res, nil
+	}
+	if e.cfg.Transform != nil { // benchmark seam: no KMS, no AES
+		return e.transform(rows, groups, res)
 	}
 	if e.cfg.Mode == Rekey && *sealer == nil {
 		s, err := e.newSealer(ctx)
@@ -351,6 +364,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	}
 
 	var conflicts []string
+	crashPoint("before_update")
 	if len(ids) > 0 {
 		swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
 		if err != nil {
@@ -405,9 +419,11 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	if err := e.store.Advance(ctx, tx, l, cursor, c, finished, e.cfg.LeaseTTL); err != nil {
 		return c, nil, err
 	}
+	crashPoint("before_commit")
 	if err := tx.Commit(ctx); err != nil {
 		return c, nil, fmt.Errorf("commit: %w", err)
 	}
+	crashPoint("after_commit")
 	for _, q := range bad {
 		e.log.Warn("row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}

@@ -50,7 +50,7 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 		return nil, err
 	}
 	if mode == Rekey {
-		if err := sampleOld(ctx, db, kc, t, c.Old.ARN, namespace); err != nil {
+		if err := sampleOld(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
 			return nil, err
 		}
 	}
@@ -107,8 +107,11 @@ func keyOrTransient(err error) error {
 
 // sampleOld opens up to three tokens under OLD. When every one of them fails
 // to open, the configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong,
-// and running would only quarantine the whole table: refuse instead.
-func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, ns string) error {
+// and running would only quarantine the whole table: refuse instead — unless
+// a token under NEW in the sample opens with this namespace, which proves the
+// configuration right: then the failures are bad rows (on a rerun after
+// quarantine they are the only rows left under OLD) and the run must go on.
+func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, newARN, ns string) error {
 	rows, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))
@@ -141,8 +144,33 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 			break
 		}
 	}
-	if tried >= 3 && failed == tried {
+	if tried >= 3 && failed == tried && !anyOpens(ctx, kc, sample, newARN, ns) {
 		return configErrorf("the first %d tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
 	}
 	return nil
+}
+
+// anyOpens reports whether one of the first three tokens under keyARN in
+// sample opens with namespace ns.
+func anyOpens(ctx context.Context, kc *kmsclient.Client, sample []row, keyARN, ns string) bool {
+	tried := 0
+	for _, r := range sample {
+		env, err := envelope.Parse(r.token)
+		if err != nil || env.KID != keyARN {
+			continue
+		}
+		dek, err := kc.Decrypt(ctx, keyARN, env.WDEK)
+		if err == nil {
+			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			clear(plain)
+			dek.Zero()
+			if oerr == nil {
+				return true
+			}
+		}
+		if tried++; tried == 3 {
+			break
+		}
+	}
+	return false
 }

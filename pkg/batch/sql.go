@@ -12,8 +12,11 @@ type statements struct {
 }
 
 func newStatements(t *Table) statements {
-	sel := fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s`, t.qid, t.qtoken, t.qname)
-	order := fmt.Sprintf(` ORDER BY %s LIMIT $3`, t.qid)
+	sel := fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s AS t`, t.qid, t.qtoken, t.qname)
+	// Order by the column itself (t.id), not by the name "id": a bare name in
+	// ORDER BY means the output column first, which is id::text, and integer
+	// ids in text order ("10" < "9") would make the keyset cursor skip rows.
+	order := fmt.Sprintf(` ORDER BY t.%s LIMIT $3`, t.qid)
 	lower := fmt.Sprintf(`%s > $1::text::%s`, t.qid, t.IDType)
 	upper := fmt.Sprintf(`%s <= $2::text::%s`, t.qid, t.IDType)
 	return statements{

@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+// engineRun is what one engine run reported: from its exit status, its
+// rusage and its JSON log (LOG_LEVEL=debug adds one "page committed" line
+// per page).
+type engineRun struct {
+	exit          int
+	wall          time.Duration
+	maxRSSKiB     int64
+	cpu           time.Duration // user + system of the engine process
+	pageSeconds   []float64     // pages that held rows
+	phaseSeconds  [3][]float64  // read, rotate (KMS + AES), commit of those pages
+	pagesWithRows int64
+	pages         int64
+	rotated       int64
+	engineSeconds float64          // engine.Run's own duration (after preflight)
+	kmsWorkers    int              // per page, as the engine sized them
+	kmsLatencyMs  float64          // preflight's measured KMS latency
+	engineKMS     map[string]int64 // the engine's own KMS attempt counts
+	stdout        string
+
+	mu    sync.Mutex
+	lines []string // last lines of the log, for errors
+}
+
+func (r *engineRun) rowsPerSec() float64 {
+	if r.engineSeconds <= 0 {
+		return 0
+	}
+	return float64(r.rotated) / r.engineSeconds
+}
+
+func (r *engineRun) tail() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return strings.Join(r.lines, "\n")
+}
+
+// logLine digests one JSON log line of the engine.
+func (r *engineRun) logLine(line []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.lines) >= 40 {
+		r.lines = r.lines[1:]
+	}
+	if !bytes.Contains(line, []byte(`"msg":"page committed"`)) {
+		r.lines = append(r.lines, string(line))
+	}
+	var m map[string]any
+	switch {
+	case bytes.Contains(line, []byte(`"msg":"page committed"`)):
+		if json.Unmarshal(line, &m) == nil && num(m["rows"]) > 0 {
+			r.pageSeconds = append(r.pageSeconds, num(m["seconds"]))
+			for i, k := range phaseNames {
+				r.phaseSeconds[i] = append(r.phaseSeconds[i], num(m[k+"_seconds"]))
+			}
+			r.pagesWithRows++
+		}
+	case bytes.Contains(line, []byte(`"msg":"preflight passed"`)):
+		if json.Unmarshal(line, &m) == nil {
+			r.kmsWorkers = int(num(m["kms_workers"]))
+			r.kmsLatencyMs = num(m["kms_latency_ms"])
+		}
+	case bytes.Contains(line, []byte(`"msg":"reencrypt run finished"`)):
+		if json.Unmarshal(line, &m) == nil {
+			r.rotated = int64(num(m["rotated"]))
+			r.pages = int64(num(m["pages"]))
+			r.engineSeconds = num(m["seconds"])
+			if km, ok := m["kms_requests"].(map[string]any); ok {
+				r.engineKMS = map[string]int64{}
+				for k, v := range km {
+					r.engineKMS[k] = int64(num(v))
+				}
+			}
+		}
+	}
+}
+
+var phaseNames = [3]string{"read", "rotate", "commit"}
+
+func num(v any) float64 {
+	switch x := v.(type) {
+	case float64:
+		return x
+	case json.Number:
+		f, _ := x.Float64()
+		return f
+	}
+	return 0
+}
+
+// lineWriter feeds whole lines to fn.
+type lineWriter struct {
+	mu  sync.Mutex
+	buf []byte
+	fn  func([]byte)
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		w.fn(w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
+}
+
+// subprocessEnv is the environment of `reencrypt run`: nothing inherited
+// but PATH/HOME/TMPDIR, the AWS variables, and the engine's own.
+func (b *bench) subprocessEnv(dbURL, oldARN, newARN, mode string) []string {
+	env := []string{}
+	for _, k := range []string{"PATH", "HOME", "TMPDIR"} {
+		if v, ok := os.LookupEnv(k); ok {
+			env = append(env, k+"="+v)
+		}
+	}
+	env = append(env, b.awsEnv...)
+	for k, v := range b.engineEnv {
+		env = append(env, k+"="+v)
+	}
+	return append(env, "DATABASE_URL="+dbURL, "OLD_KEY_ID="+oldARN, "NEW_KEY_ID="+newARN, "MODE="+mode)
+}
+
+// runEngine runs the real binary, `reencrypt run`, to the end. onStart, if
+// set, is called with the child's pid once it runs.
+func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode string, onStart func(pid int)) (*engineRun, error) {
+	r := &engineRun{}
+	cmd := exec.CommandContext(ctx, b.bin, "run")
+	cmd.Env = b.subprocessEnv(dbURL, oldARN, newARN, mode)
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	cmd.WaitDelay = 5 * time.Second
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", b.bin, err)
+	}
+	if onStart != nil {
+		onStart(cmd.Process.Pid)
+	}
+	sc := bufio.NewScanner(stderr)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		r.logLine(sc.Bytes())
+	}
+	err = cmd.Wait()
+	r.wall = time.Since(start)
+	r.stdout = stdout.String()
+	var ee *exec.ExitError
+	if err != nil && !errors.As(err, &ee) {
+		return r, err
+	}
+	r.exit = cmd.ProcessState.ExitCode()
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		r.maxRSSKiB = ru.Maxrss // KiB on Linux
+		r.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	if ctx.Err() != nil {
+		return r, ctx.Err()
+	}
+	return r, nil
+}
+
+// runEngineInProcess runs pkg/batch's engine in this process, configured as
+// cmd/reencrypt would configure it from the same variables (no preflight:
+// the keys are already resolved). transform, when set, is the benchmark
+// seam that replaces KMS and AES (the Postgres ceiling).
+func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK kmsclient.Key, mode batch.Mode,
+	transform batch.TransformFunc) (*engineRun, error) {
+	r := &engineRun{}
+	cfg := b.cfg
+	pc, err := pgxpool.ParseConfig(dbURL)
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns = int32(cfg.RangeWorkers + 4) // as cmd/reencrypt
+	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+
+	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
+	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget})
+	if err != nil {
+		return nil, err
+	}
+	kc := kmsclient.NewClient(api, cfg.Namespace, kmsclient.NewCache(cfg.DEKCacheSize, cfg.DEKCacheTTL))
+	workers := cfg.KMSConcurrency
+	if transform == nil && workers == 0 {
+		lat, err := batch.RoundTrip(ctx, kc, newK.ARN, cfg.Namespace)
+		if err != nil {
+			return nil, err
+		}
+		workers = budget.Concurrency(lat, 4, 64)
+		r.kmsLatencyMs = float64(lat.Microseconds()) / 1000
+	}
+	r.kmsWorkers = workers
+
+	table, err := batch.Inspect(ctx, pool, batch.TableSpec{Schema: cfg.TableSchema, Name: cfg.Table, IDColumn: cfg.IDColumn,
+		TokenColumn: cfg.TokenColumn, AuditTable: cfg.AuditTable, AuditIDColumn: cfg.AuditIDColumn})
+	if err != nil {
+		return nil, err
+	}
+	store := checkpoint.New(pool, cfg.StateSchema)
+	if err := store.Migrate(ctx); err != nil {
+		return nil, err
+	}
+	lw := &lineWriter{fn: r.logLine}
+	log := slog.New(slog.NewJSONHandler(lw, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	host, _ := os.Hostname()
+	eng, err := batch.New(batch.Config{
+		Table: table, Old: oldK, New: newK, Mode: mode, Namespace: cfg.Namespace,
+		BatchSize: cfg.BatchSize, Workers: max(workers, 1), RangeWorkers: cfg.RangeWorkers,
+		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
+		StopGrace: cfg.StopGrace, Owner: fmt.Sprintf("%s/%d/bench", host, os.Getpid()),
+		Transform: transform,
+	}, pool, store, kc, log, nil)
+	if err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	sum, runErr := eng.Run(ctx)
+	r.wall = time.Since(start)
+	r.rotated = sum.Process.Rotated
+	r.pages = sum.Pages
+	r.engineSeconds = sum.Duration.Seconds()
+	if runErr != nil {
+		r.exit = 1
+		r.lines = append(r.lines, "run: "+runErr.Error())
+	}
+	return r, nil
+}
+
+var _ io.Writer = (*lineWriter)(nil)

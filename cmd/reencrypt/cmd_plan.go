@@ -1,0 +1,359 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/census"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+func init() {
+	registerWithFlags("plan", "dry run: rows by key, KMS calls and time the run needs, key checks; writes nothing", func(fs *flag.FlagSet) runFunc {
+		asJSON := fs.Bool("json", false, "print the plan as JSON")
+		return func(ctx context.Context, a *app, _ []string) error { return cmdPlan(ctx, a, *asJSON) }
+	})
+}
+
+// planReport is what `plan` prints; its JSON field names are the --json
+// contract.
+type planReport struct {
+	Table     string    `json:"table"`
+	IDType    string    `json:"id_type"`
+	Mode      string    `json:"mode"`
+	Namespace string    `json:"namespace"`
+	OldKey    keyReport `json:"old_key"`
+	NewKey    keyReport `json:"new_key"`
+
+	Rows       planRows         `json:"rows"`
+	OtherKeys  map[string]int64 `json:"other_keys,omitempty"`
+	Unreadable map[string]int64 `json:"unreadable_by_class,omitempty"`
+	// WrappedKeys are the distinct wrapped data keys of the rows under OLD.
+	WrappedKeys wrappedReport `json:"wrapped_keys_under_old"`
+
+	KMSCalls kmsCallPlan  `json:"kms_calls"`
+	Budget   budgetReport `json:"budget"`
+	Estimate timeEstimate `json:"estimate"`
+	Checks   []string     `json:"checks"`
+	Warnings []string     `json:"warnings,omitempty"`
+
+	ScanSeconds float64 `json:"scan_seconds"`
+	Written     int     `json:"rows_written"` // always 0: the contract of a dry run, stated
+}
+
+type keyReport struct {
+	Ref   string `json:"ref"`
+	ARN   string `json:"arn"`
+	Alias string `json:"alias,omitempty"`
+	State string `json:"state"`
+}
+
+func keyOf(k kmsclient.Key) keyReport {
+	return keyReport{Ref: k.Ref, ARN: k.ARN, Alias: k.Alias(), State: string(k.State)}
+}
+
+type planRows struct {
+	Total      int64 `json:"total"`
+	UnderOld   int64 `json:"under_old"`
+	UnderNew   int64 `json:"under_new"`
+	OtherKeys  int64 `json:"under_other_keys"`
+	Unreadable int64 `json:"unreadable"` // NULL or not an envelope: will be quarantined
+}
+
+type wrappedReport struct {
+	Distinct int64 `json:"distinct"`
+	Exact    bool  `json:"exact"`
+}
+
+// kmsCallPlan is the KMS work of the whole Job, per operation.
+type kmsCallPlan struct {
+	Decrypt         int64 `json:"Decrypt"`
+	GenerateDataKey int64 `json:"GenerateDataKey"`
+	ReEncrypt       int64 `json:"ReEncrypt"`
+	// Preflight is per pod: 2 DescribeKey, the round trip on NEW (1
+	// GenerateDataKey, 1 Decrypt) and, in rekey mode, up to 3 sample Decrypts.
+	PreflightPerPod int64 `json:"preflight_per_pod"`
+	Total           int64 `json:"total"`
+}
+
+type budgetReport struct {
+	KMSRateLimit  float64 `json:"kms_rate_limit"` // 0 = unlimited
+	ShardCount    int     `json:"shard_count"`
+	PerPod        float64 `json:"per_pod_per_s"` // 0 = unlimited
+	KMSLatencyMS  float64 `json:"kms_latency_ms"`
+	InFlightQuota int     `json:"kms_calls_in_flight_per_pod"`
+	// PodRate is what one pod can reach: its budget, or what its calls in
+	// flight allow at the measured latency, whichever is lower.
+	PodRate float64 `json:"pod_rate_per_s"`
+}
+
+type timeEstimate struct {
+	JobSeconds    float64 `json:"job_seconds"`     // SHARD_COUNT pods sharing the work
+	OnePodSeconds float64 `json:"one_pod_seconds"` // one pod alone at its share of the budget
+	Note          string  `json:"note"`
+}
+
+// cmdPlan is the dry run. It checks what the run's preflight checks, then
+// reads every row once in keyset pages to count them by key. Its only KMS
+// calls are the preflight's (two DescribeKey, one round trip on NEW, and in
+// rekey mode up to three sample Decrypts of rows under OLD); it writes
+// nothing, not even the bookkeeping schema.
+func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
+	cfg := a.cfg
+	db, err := a.db(ctx)
+	if err != nil {
+		return err
+	}
+	kc, err := a.client(ctx)
+	if err != nil {
+		return err
+	}
+	mode := batch.Mode(cfg.Mode)
+	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, mode)
+	if err != nil {
+		return fmt.Errorf("plan: the run would refuse to start: %w", err)
+	}
+	t := checked.Table
+	a.log.Info("plan: preflight passed, counting rows", "table", t.Qualified(),
+		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN)
+
+	start := time.Now()
+	lastLog := start
+	c, err := census.Count(ctx, db, t, census.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
+		func(c census.Census) {
+			if time.Since(lastLog) >= progressEvery {
+				lastLog = time.Now()
+				a.log.Info("plan: counting", "rows", c.Rows, "seconds", int(time.Since(start).Seconds()))
+			}
+		})
+	if err != nil {
+		return tempErr(fmt.Errorf("plan: count rows: %w", err))
+	}
+
+	r := planReport{
+		Table: t.Qualified(), IDType: t.IDType, Mode: cfg.Mode, Namespace: cfg.Namespace,
+		OldKey: keyOf(checked.Old), NewKey: keyOf(checked.New),
+		Unreadable:  c.Unreadable,
+		ScanSeconds: round2(time.Since(start).Seconds()),
+	}
+	r.Rows = planRows{Total: c.Rows, UnderOld: c.ByKey[checked.Old.ARN], UnderNew: c.ByKey[checked.New.ARN],
+		Unreadable: c.UnreadableRows(), OtherKeys: c.OtherKeysRows}
+	for kid, n := range c.ByKey {
+		if kid != checked.Old.ARN && kid != checked.New.ARN && n > 0 {
+			if r.OtherKeys == nil {
+				r.OtherKeys = map[string]int64{}
+			}
+			r.OtherKeys[kid] = n
+			r.Rows.OtherKeys += n
+		}
+	}
+	if c.OtherKeysRows > 0 {
+		if r.OtherKeys == nil {
+			r.OtherKeys = map[string]int64{}
+		}
+		r.OtherKeys["(more keys, not named)"] = c.OtherKeysRows
+	}
+	if len(r.Unreadable) == 0 {
+		r.Unreadable = nil
+	}
+	if f := c.Focus; f != nil {
+		r.WrappedKeys = wrappedReport{Distinct: f.Distinct, Exact: f.Exact}
+		r.KMSCalls = a.kmsCalls(mode, f)
+	}
+	r.Budget, r.Estimate = a.estimate(checked.KMSLatency, r.KMSCalls)
+	r.Checks = []string{
+		fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, unique)",
+			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType),
+		fmt.Sprintf("OLD_KEY_ID %s resolves to %s, %s", checked.Old.Ref, checked.Old.ARN, checked.Old.State),
+		fmt.Sprintf("NEW_KEY_ID %s resolves to %s, %s", checked.New.Ref, checked.New.ARN, checked.New.State),
+		fmt.Sprintf("round trip on NEW (GenerateDataKey, seal, Decrypt, open): ok, %.1f ms per call",
+			float64(checked.KMSLatency.Microseconds())/1000),
+	}
+	if mode == batch.Rekey {
+		r.Checks = append(r.Checks, "sample tokens under OLD open with namespace "+cfg.Namespace)
+	}
+	if r.Rows.Unreadable > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%s rows are NULL or not envelope-v1: the run quarantines them and exits 65", num(r.Rows.Unreadable)))
+	}
+	if r.Rows.OtherKeys > 0 {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("%s rows are under other keys: the run counts them and leaves them alone", num(r.Rows.OtherKeys)))
+	}
+	if r.Rows.UnderOld == 0 {
+		r.Warnings = append(r.Warnings, "no row is under OLD: the run has nothing to rotate")
+	}
+	if mode == batch.Rekey && cfg.DEKCacheSize > 0 && r.WrappedKeys.Distinct > int64(cfg.DEKCacheSize) &&
+		c.Focus.PerPageDistinct > r.WrappedKeys.Distinct {
+		r.Warnings = append(r.Warnings, fmt.Sprintf("wrapped keys are shared across pages and outnumber DEK_CACHE_SIZE (%d): Decrypts may reach %s",
+			cfg.DEKCacheSize, num(c.Focus.PerPageDistinct)))
+	}
+	a.log.Info("plan done", "rows", r.Rows.Total, "under_old", r.Rows.UnderOld, "under_new", r.Rows.UnderNew,
+		"kms_calls", r.KMSCalls.Total, "job_seconds", int(r.Estimate.JobSeconds))
+	if asJSON {
+		return writeJSON(a.stdout, r)
+	}
+	r.print(a.stdout)
+	return nil
+}
+
+// kmsCalls estimates the KMS requests of the whole Job from the census of
+// the rows under OLD, the way the engine spends them: rekey unwraps each
+// distinct wrapped key once (the data-key cache carries it across pages) and
+// generates one data key per page that holds rows under OLD; rewrap re-wraps
+// each distinct wrapped key of each page (ReEncrypt results are not cached).
+// Range boundaries split pages, hence up to one more page per range.
+func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys) kmsCallPlan {
+	cfg := a.cfg
+	var k kmsCallPlan
+	if f.Rows > 0 {
+		pages := min(f.Rows, f.PagesWithRows+int64(cfg.RangeCount()))
+		switch mode {
+		case batch.Rewrap:
+			k.ReEncrypt = f.PerPageDistinct
+		default:
+			k.Decrypt = f.Distinct
+			if cfg.DEKCacheSize == 0 {
+				k.Decrypt = f.PerPageDistinct
+			}
+			k.GenerateDataKey = pages
+		}
+	}
+	k.PreflightPerPod = 4
+	if mode == batch.Rekey {
+		k.PreflightPerPod += 3
+	}
+	k.Total = k.Decrypt + k.GenerateDataKey + k.ReEncrypt + k.PreflightPerPod*int64(cfg.ShardCount)
+	return k
+}
+
+// estimate turns the calls into time: each pod gets KMS_RATE_LIMIT /
+// SHARD_COUNT requests per second, unless its calls in flight cannot reach
+// that at the measured latency.
+func (a *app) estimate(latency time.Duration, calls kmsCallPlan) (budgetReport, timeEstimate) {
+	cfg := a.cfg
+	b := budgetReport{KMSRateLimit: cfg.KMSRateLimit, ShardCount: cfg.ShardCount,
+		KMSLatencyMS: round2(float64(latency.Microseconds()) / 1000)}
+	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
+	perPod := budget.PerSecond()
+	if !math.IsInf(perPod, 1) {
+		b.PerPod = round2(perPod)
+	}
+	workers := cfg.KMSConcurrency
+	if workers == 0 {
+		workers = budget.Concurrency(latency, 4, 64) // as `run` sizes it
+	}
+	b.InFlightQuota = workers * cfg.RangeWorkers
+	podRate := perPod
+	if latency > 0 {
+		podRate = min(podRate, float64(b.InFlightQuota)/latency.Seconds())
+	}
+	b.PodRate = round2(podRate)
+	e := timeEstimate{Note: "KMS-bound estimate at the configured budget and the latency measured now; database time is not included"}
+	if podRate > 0 && !math.IsInf(podRate, 1) {
+		work := float64(calls.Total - calls.PreflightPerPod*int64(cfg.ShardCount))
+		e.JobSeconds = round2(work/(podRate*float64(cfg.ShardCount)) + float64(calls.PreflightPerPod)/podRate)
+		e.OnePodSeconds = round2((work + float64(calls.PreflightPerPod)) / podRate)
+	}
+	return b, e
+}
+
+func (r *planReport) print(w io.Writer) {
+	fmt.Fprintf(w, "reencrypt plan: dry run, nothing written\n\n")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "table\t%s (%s ids), mode %s, namespace %s\n", r.Table, r.IDType, r.Mode, r.Namespace)
+	fmt.Fprintf(tw, "OLD key\t%s → %s (%s)\n", r.OldKey.Ref, r.OldKey.ARN, r.OldKey.State)
+	fmt.Fprintf(tw, "NEW key\t%s → %s (%s)\n", r.NewKey.Ref, r.NewKey.ARN, r.NewKey.State)
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nrows (counted from every envelope's kid, no KMS call)\n")
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "  total\t%s\t\n", num(r.Rows.Total))
+	fmt.Fprintf(tw, "  under OLD (to rotate)\t%s\t\n", num(r.Rows.UnderOld))
+	fmt.Fprintf(tw, "  under NEW (skipped)\t%s\t\n", num(r.Rows.UnderNew))
+	fmt.Fprintf(tw, "  under other keys (left alone)\t%s\t\n", num(r.Rows.OtherKeys))
+	fmt.Fprintf(tw, "  NULL or unreadable (quarantined)\t%s\t  %s\n", num(r.Rows.Unreadable), classes(r.Unreadable))
+	exact := "exact"
+	if !r.WrappedKeys.Exact {
+		exact = "estimated"
+	}
+	fmt.Fprintf(tw, "  distinct wrapped data keys under OLD\t%s\t  %s\n", num(r.WrappedKeys.Distinct), exact)
+	tw.Flush()
+	if len(r.OtherKeys) > 0 {
+		fmt.Fprintf(w, "  other keys:\n")
+		for _, k := range sortedKeys(r.OtherKeys) {
+			fmt.Fprintf(w, "    %s  %s\n", k, num(r.OtherKeys[k]))
+		}
+	}
+
+	fmt.Fprintf(w, "\nKMS calls the run will need (%s, whole Job)\n", r.Mode)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	if r.Mode == string(batch.Rewrap) {
+		fmt.Fprintf(tw, "  ReEncrypt\t%s\t  one per distinct wrapped key in each page\n", num(r.KMSCalls.ReEncrypt))
+	} else {
+		fmt.Fprintf(tw, "  Decrypt\t%s\t  one per distinct wrapped key under OLD (cached)\n", num(r.KMSCalls.Decrypt))
+		fmt.Fprintf(tw, "  GenerateDataKey\t%s\t  one per page holding rows under OLD\n", num(r.KMSCalls.GenerateDataKey))
+	}
+	fmt.Fprintf(tw, "  preflight\t%s\t  per pod (DescribeKey ×2, round trip on NEW%s)\n", num(r.KMSCalls.PreflightPerPod),
+		map[bool]string{true: ", sample Decrypts", false: ""}[r.Mode == string(batch.Rekey)])
+	fmt.Fprintf(tw, "  total\t%s\t\n", num(r.KMSCalls.Total))
+	tw.Flush()
+
+	fmt.Fprintf(w, "\nbudget and time\n")
+	if r.Budget.KMSRateLimit == 0 {
+		fmt.Fprintf(w, "  KMS_RATE_LIMIT unlimited, SHARD_COUNT %d\n", r.Budget.ShardCount)
+	} else {
+		fmt.Fprintf(w, "  KMS_RATE_LIMIT %s req/s for the Job, SHARD_COUNT %d: %s req/s per pod\n",
+			trimFloat(r.Budget.KMSRateLimit), r.Budget.ShardCount, trimFloat(r.Budget.PerPod))
+	}
+	fmt.Fprintf(w, "  KMS latency now %.1f ms, %d calls in flight per pod: a pod reaches %s req/s\n",
+		r.Budget.KMSLatencyMS, r.Budget.InFlightQuota, trimFloat(r.Budget.PodRate))
+	fmt.Fprintf(w, "  ~%s for the whole Job (%d pods), ~%s for one pod alone\n",
+		human(seconds(r.Estimate.JobSeconds)), r.Budget.ShardCount, human(seconds(r.Estimate.OnePodSeconds)))
+	fmt.Fprintf(w, "  (%s)\n", r.Estimate.Note)
+
+	fmt.Fprintf(w, "\nchecks passed\n")
+	for _, c := range r.Checks {
+		fmt.Fprintf(w, "  ok  %s\n", c)
+	}
+	if len(r.Warnings) > 0 {
+		fmt.Fprintf(w, "\nwarnings\n")
+		for _, s := range r.Warnings {
+			fmt.Fprintf(w, "  !   %s\n", s)
+		}
+	}
+	fmt.Fprintf(w, "\ncounted in %s; nothing was written.\n", human(seconds(r.ScanSeconds)))
+}
+
+func classes(m map[string]int64) string {
+	if len(m) == 0 {
+		return ""
+	}
+	parts := make([]string, 0, len(m))
+	for _, k := range sortedKeys(m) {
+		parts = append(parts, fmt.Sprintf("%s %s", k, num(m[k])))
+	}
+	return strings.Join(parts, ", ")
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+func trimFloat(f float64) string {
+	if f == math.Trunc(f) {
+		return num(int64(f))
+	}
+	return fmt.Sprintf("%.1f", f)
+}

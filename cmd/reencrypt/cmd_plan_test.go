@@ -1,0 +1,204 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+)
+
+// tupStats are Postgres's cumulative write counters of one table.
+type tupStats struct{ ins, upd, del int64 }
+
+func (o *opEnv) tupStats(table string) tupStats {
+	o.t.Helper()
+	var s tupStats
+	err := o.DB.QueryRow(context.Background(), `
+		SELECT n_tup_ins, n_tup_upd, n_tup_del FROM pg_stat_user_tables WHERE relid = $1::regclass`, table).
+		Scan(&s.ins, &s.upd, &s.del)
+	if err != nil {
+		o.t.Fatalf("read stats of %s: %v", table, err)
+	}
+	return s
+}
+
+// settleStats makes every backend report its counters: Postgres flushes a
+// backend's table statistics when it exits (or after a while idle), so the
+// test pool's connections are closed and the command's (application_name
+// reencrypt) waited for. Then it waits until cond holds.
+func (o *opEnv) settleStats(table string, cond func(tupStats) bool) tupStats {
+	o.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		o.DB.Reset() // close idle connections: their backends exit and flush
+		if o.int(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reencrypt'`) == 0 {
+			if s := o.tupStats(table); cond(s) {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			o.t.Fatalf("statistics of %s never settled (last %+v)", table, o.tupStats(table))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestPlanCountsAndWritesNothing: plan counts rows by key exactly, predicts
+// the KMS calls of the run, makes no KMS call beyond its preflight's single
+// round trip, and writes nothing: the write counters of the token and audit
+// tables do not move and no schema or table appears.
+func TestPlanCountsAndWritesNothing(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(400, o.Old, 4) // 100 distinct wrapped keys under OLD
+	o.Seed(50, o.New, 1)
+	third := o.NewKey("third-" + t.Name())
+	o.Seed(7, third, 1)
+	good := o.seal(o.Old, "00000000-0000-4000-8000-000000000001", []byte("x"))
+	o.insertRow("00000000-0000-4000-8000-000000000001", nil)                            // NULL
+	o.insertRow("00000000-0000-4000-8000-000000000002", []byte{0x02, 0x01, 0x00, 0x05}) // unknown version
+	o.insertRow("00000000-0000-4000-8000-000000000003", good[:len(good)-30])            // truncated
+
+	const rows = 400 + 50 + 7 + 3
+	before := o.settleStats("payment_methods", func(s tupStats) bool { return s.ins == rows })
+	auditBefore := o.settleStats("payment_method_audit", func(tupStats) bool { return true })
+	o.proxy.ResetCounts()
+
+	r := o.cmd([]string{"plan", "--json"})
+	o.mustCode(r, exitOK)
+	p := opDecode[planReport](t, r)
+
+	if got, want := p.Rows, (planRows{Total: rows, UnderOld: 400, UnderNew: 50, OtherKeys: 7, Unreadable: 3}); got != want {
+		t.Errorf("rows: got %+v, want %+v", got, want)
+	}
+	for class, want := range map[string]int64{"null_token": 1, "unknown_version": 1, "truncated": 1} {
+		if got := p.Unreadable[class]; got != want {
+			t.Errorf("unreadable %s: got %d, want %d (%v)", class, got, want, p.Unreadable)
+		}
+	}
+	if got := p.OtherKeys[third.ARN]; got != 7 {
+		t.Errorf("rows under the third key: got %d, want 7 (%v)", got, p.OtherKeys)
+	}
+	if p.WrappedKeys != (wrappedReport{Distinct: 100, Exact: true}) {
+		t.Errorf("wrapped keys under OLD: got %+v, want 100 exact", p.WrappedKeys)
+	}
+	// One page of 1000 holds every row under OLD; up to one more page per
+	// range (RANGES=8) where ranges cut pages: 1 + 8 GenerateDataKey.
+	want := kmsCallPlan{Decrypt: 100, GenerateDataKey: 9, PreflightPerPod: 7, Total: 116}
+	if p.KMSCalls != want {
+		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
+	}
+	if p.OldKey.ARN != o.Old.ARN || p.NewKey.ARN != o.New.ARN || p.OldKey.Alias != o.Old.Ref {
+		t.Errorf("keys: got %+v / %+v, want %s / %s", p.OldKey, p.NewKey, o.Old.ARN, o.New.ARN)
+	}
+	if p.Estimate.JobSeconds <= 0 || p.Estimate.OnePodSeconds < p.Estimate.JobSeconds {
+		t.Errorf("estimate: got %+v, want a positive Job time no longer than one pod's", p.Estimate)
+	}
+
+	calls := o.proxy.Counts()
+	for _, op := range []string{"Encrypt", "ReEncrypt"} {
+		if calls[op] != 0 {
+			t.Errorf("plan made %d %s calls, want 0 (all: %v)", calls[op], op, calls)
+		}
+	}
+	if calls["GenerateDataKey"] != 1 {
+		t.Errorf("plan made %d GenerateDataKey calls, want exactly the round trip's 1 (all: %v)", calls["GenerateDataKey"], calls)
+	}
+	if calls["DescribeKey"] != 2 || calls["Decrypt"] < 1 || calls["Decrypt"] > 4 {
+		t.Errorf("plan's preflight calls: got %v, want 2 DescribeKey and 1..4 Decrypt", calls)
+	}
+
+	after := o.settleStats("payment_methods", func(tupStats) bool { return true })
+	if after != before {
+		t.Errorf("payment_methods write counters moved: before %+v, after %+v", before, after)
+	}
+	if a := o.settleStats("payment_method_audit", func(tupStats) bool { return true }); a != auditBefore {
+		t.Errorf("payment_method_audit write counters moved: before %+v, after %+v", auditBefore, a)
+	}
+	if o.schemaExists("reencrypt") {
+		t.Error("plan created the bookkeeping schema")
+	}
+	if o.tableExists("public.token_encryption_keys") {
+		t.Error("plan created the key registry")
+	}
+	// The counters are live: one real write moves them, so the equality
+	// above is a measurement, not a constant.
+	o.exec(`UPDATE payment_methods SET is_active = false WHERE encrypted_token IS NULL`)
+	o.settleStats("payment_methods", func(s tupStats) bool { return s.upd == before.upd+1 })
+
+	// The human form says the same.
+	r = o.cmd([]string{"plan"})
+	o.mustCode(r, exitOK)
+	for _, s := range []string{"dry run, nothing written", "under OLD (to rotate)", "400", "GenerateDataKey", "distinct wrapped data keys under OLD", "round trip on NEW", "3 rows are NULL or not envelope-v1"} {
+		if !strings.Contains(r.stdout, s) {
+			t.Errorf("human plan lacks %q:\n%s", s, r.stdout)
+		}
+	}
+}
+
+// TestPlanRewrap: in rewrap mode the run needs one ReEncrypt per distinct
+// wrapped key of each page, and no Decrypt or GenerateDataKey (bigint ids).
+func TestPlanRewrap(t *testing.T) {
+	o := newOpEnv(t, "bigint")
+	o.Seed(500, o.Old, 10) // ids 1..500, each ten consecutive rows share a wrapped key
+	o.proxy.ResetCounts()
+	r := o.cmd([]string{"plan", "--json"}, "MODE=rewrap", "BATCH_SIZE=100", "SHARD_COUNT=5", "KMS_RATE_LIMIT=100")
+	o.mustCode(r, exitOK)
+	p := opDecode[planReport](t, r)
+	if p.IDType != "bigint" || p.Rows.UnderOld != 500 || p.WrappedKeys.Distinct != 50 {
+		t.Errorf("got id type %s, %d rows under OLD, %d wrapped keys; want bigint, 500, 50", p.IDType, p.Rows.UnderOld, p.WrappedKeys.Distinct)
+	}
+	want := kmsCallPlan{ReEncrypt: 50, PreflightPerPod: 4, Total: 50 + 4*5}
+	if p.KMSCalls != want {
+		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
+	}
+	if p.Budget.PerPod != 20 || p.Budget.ShardCount != 5 {
+		t.Errorf("budget: got %+v, want 20 req/s per pod of 5", p.Budget)
+	}
+	// At most 20 req/s per pod: 50 calls over 5 pods and each pod's 4
+	// preflight calls take at least 0.7 s; one pod alone at least 2.7 s.
+	if p.Estimate.JobSeconds < 0.7 || p.Estimate.OnePodSeconds < 2.7 {
+		t.Errorf("estimate: got %+v, want >= 0.7 s (Job) and >= 2.7 s (one pod)", p.Estimate)
+	}
+	if calls := o.proxy.Counts(); calls["ReEncrypt"] != 0 || calls["GenerateDataKey"] != 1 {
+		t.Errorf("plan's KMS calls: %v, want no ReEncrypt and 1 GenerateDataKey", calls)
+	}
+	if o.schemaExists("reencrypt") {
+		t.Error("plan created the bookkeeping schema")
+	}
+}
+
+// TestPlanRefusals: plan refuses what run would refuse, with run's exit
+// codes, and still writes nothing.
+func TestPlanRefusals(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(20, o.Old, 1)
+	disabled := o.NewKey("disabled-" + t.Name())
+	if _, err := o.API.DisableKey(context.Background(), &kms.DisableKeyInput{KeyId: aws.String(disabled.ID)}); err != nil {
+		t.Fatalf("disable key: %v", err)
+	}
+	cases := []struct {
+		name  string
+		extra []string
+		code  int
+		says  string
+	}{
+		{"same key twice", []string{"NEW_KEY_ID=" + o.Old.ARN}, exitConfig, "same KMS key"},
+		{"disabled new key", []string{"NEW_KEY_ID=" + disabled.Ref}, exitKeyUnusable, "NEW_KEY_ID"},
+		{"unknown table", []string{"TABLE=nope"}, exitConfig, "does not exist"},
+		{"no keys", []string{"OLD_KEY_ID=", "NEW_KEY_ID="}, exitConfig, "required"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := o.cmd([]string{"plan"}, c.extra...)
+			if r.code != c.code || !strings.Contains(r.stderr, c.says) {
+				t.Errorf("got exit %d, want %d with %q in the message\n%s", r.code, c.code, c.says, r)
+			}
+		})
+	}
+	if o.schemaExists("reencrypt") {
+		t.Error("a refused plan created the bookkeeping schema")
+	}
+}

@@ -1,0 +1,155 @@
+package main
+
+// Helpers shared by the operator commands (plan, status, verify, keys):
+// number and duration formatting for people, JSON for machines, and the
+// few lookups every one of them starts with.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+// writeJSON prints v indented, for `--json`.
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+// num formats an integer with thousands separators: 1234567 → "1,234,567".
+func num(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	neg := strings.HasPrefix(s, "-")
+	if neg {
+		s = s[1:]
+	}
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	if neg {
+		return "-" + b.String()
+	}
+	return b.String()
+}
+
+// human formats a duration for an operator: "45s", "12m30s", "3h05m", "2d04h".
+// A negative, infinite or NaN duration is "-".
+func human(d time.Duration) string {
+	switch {
+	case d < 0:
+		return "-"
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	case d < time.Hour:
+		d = d.Round(time.Second)
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 48*time.Hour:
+		d = d.Round(time.Minute)
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	d = d.Round(time.Hour)
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// seconds turns a float number of seconds into a duration; "-" (negative)
+// for infinity or NaN.
+func seconds(s float64) time.Duration {
+	if math.IsNaN(s) || math.IsInf(s, 0) || s > float64(math.MaxInt64/int64(time.Second)) {
+		return -1
+	}
+	return time.Duration(s * float64(time.Second))
+}
+
+// round2 keeps JSON numbers readable.
+func round2(f float64) float64 {
+	if math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0
+	}
+	return math.Round(f*100) / 100
+}
+
+// inspectTable opens the database and checks the configured token table.
+func (a *app) inspectTable(ctx context.Context) (*batch.Table, error) {
+	db, err := a.db(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Ping(ctx); err != nil {
+		return nil, tempErr(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
+	}
+	return batch.Inspect(ctx, db, a.tableSpec())
+}
+
+// resolveKey resolves a configured key reference to its ARN with one
+// DescribeKey, whatever the key's state (verify and the registry read the
+// state themselves). A reference that already is a key ARN is resolved too:
+// the check that the key exists is worth the call.
+func (a *app) resolveKey(ctx context.Context, name, ref string) (kmsclient.Key, error) {
+	if ref == "" {
+		return kmsclient.Key{}, configError("%s is required", name)
+	}
+	api, err := a.kms(ctx)
+	if err != nil {
+		return kmsclient.Key{}, err
+	}
+	k, err := kmsclient.Resolve(ctx, api, ref)
+	if err != nil {
+		err = fmt.Errorf("%s %q: %w", name, ref, err)
+		if isKeyError(err) {
+			return k, err
+		}
+		return k, tempErr(err)
+	}
+	return k, nil
+}
+
+func isKeyError(err error) bool {
+	return err != nil && (errors.Is(err, kmsclient.ErrKeyUnusable) || errors.Is(err, batch.ErrConfig))
+}
+
+// tempError marks an environment failure worth a retry (exit 75), like the
+// engine's transient errors.
+type tempError struct{ err error }
+
+func (e *tempError) Error() string        { return e.err.Error() }
+func (e *tempError) Unwrap() error        { return e.err }
+func (e *tempError) Is(target error) bool { return target == batch.ErrTransient }
+
+func tempErr(err error) error {
+	if err == nil || errors.Is(err, batch.ErrTransient) {
+		return err
+	}
+	return &tempError{err}
+}
+
+// shortTime prints a database timestamp in UTC, to the second.
+func shortTime(t *time.Time) string {
+	if t == nil {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05Z")
+}
+
+// dash prints "-" for an empty string.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,150 @@
+package batch_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strings"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+)
+
+// TestPreflightRefuses: every configuration the issue lists as bad is
+// refused by Preflight, with an error of the right class and a message that
+// says what to fix, and before anything is written: no bookkeeping schema,
+// not one row version of the token table changed, no audit row.
+func TestPreflightRefuses(t *testing.T) {
+	t.Parallel()
+	type setup struct {
+		db        batch.DB
+		spec      batch.TableSpec
+		old, new  string
+		namespace string
+	}
+	for _, tc := range []struct {
+		name    string
+		prepare func(t *testing.T, e *fixture.Env, s *setup)
+		is      error    // errors.Is target; nil = must pass
+		says    []string // substrings of the message
+	}{
+		{name: "good configuration passes", prepare: func(*testing.T, *fixture.Env, *setup) {}},
+		{name: "same key as alias and ARN", is: batch.ErrConfig, says: []string{"same KMS key", "OLD_KEY_ID", "NEW_KEY_ID"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.new = e.Old.ARN }},
+		{name: "unknown table", is: batch.ErrConfig, says: []string{"public.payment_methodz", "does not exist", "TABLE"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.spec.Name = "payment_methodz" }},
+		{name: "hostile table name", is: batch.ErrConfig, says: []string{"does not exist"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) {
+				s.spec.Name = `payment_methods"; DROP TABLE payment_methods; --`
+			}},
+		{name: "unknown token column", is: batch.ErrConfig, says: []string{`"token"`, "TOKEN_COLUMN"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.spec.TokenColumn = "token" }},
+		{name: "token column not bytea", is: batch.ErrConfig, says: []string{"encrypted_token", "text", "not bytea"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) {
+				e.Exec(`CREATE TABLE text_tokens (id uuid PRIMARY KEY, encrypted_token text)`)
+				s.spec.Name = "text_tokens"
+			}},
+		{name: "disabled new key", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "Disabled"},
+			prepare: func(t *testing.T, e *fixture.Env, s *setup) { disable(t, e, e.New) }},
+		{name: "disabled old key", is: kmsclient.ErrKeyUnusable, says: []string{"OLD_KEY_ID", "Disabled"},
+			prepare: func(t *testing.T, e *fixture.Env, s *setup) { disable(t, e, e.Old) }},
+		{name: "new key pending deletion", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "PendingDeletion"},
+			prepare: func(t *testing.T, e *fixture.Env, s *setup) {
+				if _, err := e.API.ScheduleKeyDeletion(context.Background(), &kms.ScheduleKeyDeletionInput{
+					KeyId: aws.String(e.New.ID), PendingWindowInDays: aws.Int32(7)}); err != nil {
+					t.Fatal(err)
+				}
+			}},
+		{name: "unknown key", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "alias/no-such-key"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.new = "alias/no-such-key-" + e.New.ID }},
+		{name: "wrong namespace", is: batch.ErrConfig, says: []string{"NAMESPACE", "do not open"},
+			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.namespace = "payment_method" }},
+		{name: "unreachable database", is: batch.ErrTransient, says: []string{"cannot reach the database", "DATABASE_URL"},
+			prepare: func(t *testing.T, e *fixture.Env, s *setup) {
+				pool, err := pgxpool.New(context.Background(),
+					fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=5", closedPort(t)))
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Cleanup(pool.Close)
+				s.db = pool
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			e := fixture.New(t, "uuid")
+			e.Seed(30, e.Old, 1)
+			digest, versions := e.TableDigest(), e.RowVersions()
+			s := &setup{db: e.DB, spec: e.Spec(), old: e.Old.Ref, new: e.New.Ref, namespace: fixture.Namespace}
+			if !strings.HasPrefix(s.old, "alias/") {
+				t.Fatalf("fixture OLD ref %q: want an alias", s.old)
+			}
+			tc.prepare(t, e, s)
+
+			kc := kmsclient.NewClient(e.API, s.namespace, nil)
+			checked, err := batch.Preflight(context.Background(), s.db, kc, s.spec, s.old, s.new, s.namespace, batch.Rekey)
+			switch {
+			case tc.is == nil && err != nil:
+				t.Fatalf("Preflight: got %v, want nil", err)
+			case tc.is == nil:
+				if checked.Old.ARN != e.Old.ARN || checked.New.ARN != e.New.ARN {
+					t.Errorf("resolved %s -> %s, want %s -> %s", checked.Old.ARN, checked.New.ARN, e.Old.ARN, e.New.ARN)
+				}
+			case err == nil:
+				t.Fatalf("Preflight: got nil, want an error matching %v", tc.is)
+			case !errors.Is(err, tc.is):
+				t.Errorf("Preflight: got %v, want an error matching %v", err, tc.is)
+			}
+			for _, w := range tc.says {
+				if err != nil && !strings.Contains(err.Error(), w) {
+					t.Errorf("message %q does not say %q", err, w)
+				}
+			}
+			if errors.Is(err, kmsclient.ErrKeyUnusable) && errors.Is(err, batch.ErrConfig) {
+				t.Errorf("error %v is both a key and a configuration error", err)
+			}
+			if err != nil {
+				t.Logf("refused: %v", err)
+			}
+			// Nothing written.
+			if e.SchemaExists("reencrypt") {
+				t.Errorf("the bookkeeping schema exists after Preflight")
+			}
+			if got := e.TableDigest(); got != digest {
+				t.Errorf("tokens changed: digest %s, want %s", got, digest)
+			}
+			if got := e.RowVersions(); got != versions {
+				t.Errorf("rows written: versions %s, want %s", got, versions)
+			}
+			if got := e.AuditTotal(); got != 0 {
+				t.Errorf("audit rows: %d, want 0", got)
+			}
+		})
+	}
+}
+
+func disable(t *testing.T, e *fixture.Env, k kmsclient.Key) {
+	t.Helper()
+	if _, err := e.API.DisableKey(context.Background(), &kms.DisableKeyInput{KeyId: aws.String(k.ID)}); err != nil {
+		t.Fatalf("disable key: %v", err)
+	}
+}
+
+// closedPort is a loopback port nothing listens on (a moment ago).
+func closedPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	return port
+}

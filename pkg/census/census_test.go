@@ -1,0 +1,181 @@
+package census_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"math"
+	"strconv"
+	"testing"
+
+	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/census"
+	"github.com/reencrypt/reencrypt/pkg/envelope"
+)
+
+func inspect(t *testing.T, e *fixture.Env) *batch.Table {
+	t.Helper()
+	tbl, err := batch.Inspect(context.Background(), e.DB, batch.TableSpec{Schema: "public", Name: "payment_methods",
+		IDColumn: "id", TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tbl
+}
+
+func ptr(s string) *string { return &s }
+
+// TestWalkOrderAndBounds: integer ids are paged in numeric order (not the
+// text order of id::text, which would make the keyset cursor skip rows), each
+// row exactly once, and bounds are (lower, upper].
+func TestWalkOrderAndBounds(t *testing.T) {
+	e := fixture.New(t, "bigint")
+	e.Seed(1234, e.Old, 7) // ids 1..1234
+	tbl := inspect(t, e)
+	ctx := context.Background()
+	cases := []struct {
+		name      string
+		b         census.Bounds
+		first     int
+		last      int
+		pageSize  int
+		wantPages int
+	}{
+		{"whole table", census.Bounds{}, 1, 1234, 100, 13},
+		{"from", census.Bounds{Lower: ptr("1200")}, 1201, 1234, 10, 4},
+		{"to", census.Bounds{Upper: ptr("95")}, 1, 95, 10, 10},
+		{"between", census.Bounds{Lower: ptr("100"), Upper: ptr("555")}, 101, 555, 100, 5},
+		{"exact pages", census.Bounds{Lower: ptr("0"), Upper: ptr("300")}, 1, 300, 100, 3}, // the empty 4th page is not passed on
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			next, pages := c.first, 0
+			err := census.Walk(ctx, e.DB, tbl, c.b, c.pageSize, func(page []census.Row) error {
+				pages++
+				for _, r := range page {
+					if r.ID != strconv.Itoa(next) {
+						return fmt.Errorf("got id %s, want %d", r.ID, next)
+					}
+					next++
+				}
+				return nil
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if next != c.last+1 || pages != c.wantPages {
+				t.Errorf("walked up to %d in %d pages, want %d in %d", next-1, pages, c.last, c.wantPages)
+			}
+		})
+	}
+	rows, err := census.ReadIDs(ctx, e.DB, tbl, []string{"1000", "2", "99999", "10"})
+	if err != nil || len(rows) != 3 || rows[0].ID != "2" || rows[1].ID != "10" || rows[2].ID != "1000" {
+		t.Errorf("ReadIDs: got %v, %v; want rows 2, 10, 1000 in order", rows, err)
+	}
+}
+
+// TestCount counts rows by key and the wrapped keys of the focus key the
+// way the engine spends KMS calls: exact distinct keys, pages holding them,
+// and distinct keys per page.
+func TestCount(t *testing.T) {
+	e := fixture.New(t, "bigint")
+	e.Seed(1234, e.Old, 7) // ids 1..1234, each 7 consecutive rows share a wrapped key
+	e.Seed(66, e.New, 1)   // ids 1235..1300
+	e.DB.Exec(context.Background(), `INSERT INTO payment_methods (id, encrypted_token) VALUES (5000, NULL), (5001, '\x0201')`)
+	tbl := inspect(t, e)
+	var progress int
+	c, err := census.Count(context.Background(), e.DB, tbl, census.Bounds{}, 100, e.Old.ARN, []string{e.New.ARN},
+		func(census.Census) { progress++ })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Rows != 1302 || c.ByKey[e.Old.ARN] != 1234 || c.ByKey[e.New.ARN] != 66 || len(c.ByKey) != 2 {
+		t.Errorf("rows %d by key %v, want 1302: 1234 under OLD, 66 under NEW", c.Rows, c.ByKey)
+	}
+	if c.Unreadable["null_token"] != 1 || c.Unreadable["unknown_version"] != 1 || c.UnreadableRows() != 2 {
+		t.Errorf("unreadable %v, want one null_token and one unknown_version", c.Unreadable)
+	}
+	// Expected page statistics, by simulation of the same paging.
+	var pagesWith, perPage int64
+	for p := 0; p*100 < 1234; p++ {
+		groups := map[int]bool{}
+		for id := p*100 + 1; id <= min(p*100+100, 1234); id++ {
+			groups[(id-1)/7] = true
+		}
+		pagesWith++
+		perPage += int64(len(groups))
+	}
+	want := census.WrappedKeys{Key: e.Old.ARN, Rows: 1234, Distinct: 177, Exact: true, PagesWithRows: pagesWith, PerPageDistinct: perPage}
+	if c.Focus == nil || *c.Focus != want {
+		t.Errorf("focus %+v, want %+v", c.Focus, want)
+	}
+	if progress != int(c.Pages) || c.Pages != 14 {
+		t.Errorf("progress called %d times for %d pages, want 14", progress, c.Pages)
+	}
+	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN)
+	if err != nil || n != 66 {
+		t.Errorf("RowsUnder NEW: %d, %v; want 66", n, err)
+	}
+}
+
+// fakeToken is a well-formed envelope under kid (never opened here).
+func fakeToken(t *testing.T, kid string, wdek []byte) []byte {
+	t.Helper()
+	b, err := (&envelope.Envelope{Version: envelope.Version1, Alg: envelope.AlgAES256GCM, KID: kid, WDEK: wdek,
+		Nonce: make([]byte, envelope.NonceSize), Ciphertext: make([]byte, envelope.TagSize)}).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestCounterBoundsItsMemory: kids beyond MaxKeys are counted, not named,
+// and tracked keys are always named; above ExactDistinctLimit the distinct
+// count becomes an estimate within 2 %.
+func TestCounterBoundsItsMemory(t *testing.T) {
+	c := census.NewCounter("", "tracked")
+	var page []census.Row
+	for i := range census.MaxKeys + 10 {
+		page = append(page, census.Row{ID: strconv.Itoa(i), Token: fakeToken(t, fmt.Sprintf("kid-%d", i), []byte{1})})
+	}
+	page = append(page, census.Row{ID: "x", Token: fakeToken(t, "tracked", []byte{1})})
+	kids := c.Add(page)
+	got := c.Census()
+	if len(got.ByKey) != census.MaxKeys+1 || got.OtherKeysRows != 10 || got.ByKey["tracked"] != 1 || kids[len(kids)-1] != "tracked" {
+		t.Errorf("named %d keys, %d rows unnamed, tracked %d; want %d, 10, 1", len(got.ByKey), got.OtherKeysRows, got.ByKey["tracked"], census.MaxKeys+1)
+	}
+
+	const n = 600_000
+	c = census.NewCounter("k")
+	page = page[:0]
+	for i := range n {
+		w := make([]byte, 16)
+		_, _ = rand.Read(w)
+		page = append(page, census.Row{ID: strconv.Itoa(i), Token: fakeToken(t, "k", w)})
+		if len(page) == 10_000 {
+			c.Add(page)
+			page = page[:0]
+		}
+	}
+	f := c.Census().Focus
+	if f.Exact || math.Abs(float64(f.Distinct-n))/n > 0.02 {
+		t.Errorf("distinct %d (exact %v), want an estimate of %d within 2%%", f.Distinct, f.Exact, n)
+	}
+}
+
+func TestLocate(t *testing.T) {
+	uppers := []*string{ptr("9"), ptr("100"), ptr("1000"), nil}
+	for id, want := range map[string]int{"1": 0, "9": 0, "10": 1, "100": 1, "101": 2, "999": 2, "1000": 2, "1001": 3, "-5": 0} {
+		if got := census.Locate("bigint", uppers, id); got != want {
+			t.Errorf("bigint %s: range %d, want %d", id, got, want)
+		}
+	}
+	u := []*string{ptr("3fffffff-ffff-ffff-ffff-ffffffffffff"), ptr("7fffffff-ffff-ffff-ffff-ffffffffffff")}
+	for id, want := range map[string]int{"00000000-0000-4000-8000-000000000000": 0, "3fffffff-ffff-ffff-ffff-ffffffffffff": 0,
+		"40000000-0000-4000-8000-000000000000": 1, "ffffffff-0000-4000-8000-000000000000": 2} {
+		if got := census.Locate("uuid", u, id); got != want {
+			t.Errorf("uuid %s: range %d, want %d (len %d means beyond the closed last range)", id, got, want, len(u))
+		}
+	}
+}

@@ -1,0 +1,172 @@
+package census
+
+import (
+	"context"
+	"hash/maphash"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/envelope"
+)
+
+// MaxKeys is how many distinct kids a Census names, besides the ones it was
+// asked to track; rows under more kids are only counted (OtherKeysRows). A
+// corrupt table can hold any number of kids: the report must stay small.
+const MaxKeys = 32
+
+// Inspect parses one stored token. It returns the envelope, or the class the
+// engine would quarantine the row under (batch.NullTokenClass for NULL).
+func Inspect(token []byte) (*envelope.Envelope, string) {
+	if token == nil {
+		return nil, batch.NullTokenClass
+	}
+	env, err := envelope.Parse(token)
+	if err != nil {
+		return nil, batch.ErrorClass(err)
+	}
+	return env, ""
+}
+
+// Census is what a count found.
+type Census struct {
+	Rows int64 `json:"rows"`
+	// Unreadable counts rows whose token is NULL or does not parse, by class.
+	Unreadable map[string]int64 `json:"unreadable"`
+	// ByKey counts rows by the kid of their envelope: every tracked key (even
+	// at zero) and up to MaxKeys others.
+	ByKey map[string]int64 `json:"by_key"`
+	// OtherKeysRows counts rows under kids beyond MaxKeys, not named.
+	OtherKeysRows int64 `json:"other_keys_rows,omitempty"`
+	Pages         int64 `json:"pages"`
+	// Focus describes the wrapped data keys of the rows under the focus key
+	// (plan's OLD), when one was given.
+	Focus *WrappedKeys `json:"focus,omitempty"`
+}
+
+// UnreadableRows is the sum of Unreadable.
+func (c Census) UnreadableRows() int64 {
+	var n int64
+	for _, v := range c.Unreadable {
+		n += v
+	}
+	return n
+}
+
+// WrappedKeys describes the wrapped data keys (wdek) of the rows under one
+// KMS key: what the engine's KMS calls are made of.
+type WrappedKeys struct {
+	Key  string `json:"key_arn"`
+	Rows int64  `json:"rows"`
+	// Distinct wrapped keys; exact when Exact, else a HyperLogLog estimate.
+	Distinct int64 `json:"distinct"`
+	Exact    bool  `json:"exact"`
+	// PagesWithRows counts pages holding at least one such row.
+	PagesWithRows int64 `json:"pages_with_rows"`
+	// PerPageDistinct sums, over pages, the distinct wrapped keys in the page:
+	// the engine groups rows by wrapped key within a page.
+	PerPageDistinct int64 `json:"per_page_distinct"`
+}
+
+// Counter accumulates a Census page by page. Its zero value is not usable:
+// build it with NewCounter.
+type Counter struct {
+	tracked map[string]bool
+	c       Census
+	focus   string
+	wk      WrappedKeys
+	seen    *distinct
+	pageSet map[string]struct{}
+}
+
+// NewCounter returns a counter that always names the tracked keys and, when
+// focus is not empty, also counts the wrapped keys of the rows under focus.
+func NewCounter(focus string, tracked ...string) *Counter {
+	c := &Counter{tracked: map[string]bool{}, focus: focus,
+		c: Census{Unreadable: map[string]int64{}, ByKey: map[string]int64{}}}
+	for _, k := range append(tracked, focus) {
+		if k != "" {
+			c.tracked[k] = true
+			c.c.ByKey[k] = 0
+		}
+	}
+	if focus != "" {
+		c.wk.Key = focus
+		c.seen = newDistinct()
+		c.pageSet = map[string]struct{}{}
+	}
+	return c
+}
+
+// Add counts one page of rows. It returns the kid of each row, "" for an
+// unreadable one, so that a caller can attribute rows further (status counts
+// rows under OLD per range) without parsing every envelope twice.
+func (c *Counter) Add(page []Row) []string {
+	c.c.Pages++
+	if c.focus != "" {
+		clear(c.pageSet)
+	}
+	kids := make([]string, len(page))
+	for i, r := range page {
+		c.c.Rows++
+		env, class := Inspect(r.Token)
+		if env == nil {
+			c.c.Unreadable[class]++
+			continue
+		}
+		kids[i] = env.KID
+		c.addKey(env.KID)
+		if env.KID == c.focus {
+			c.wk.Rows++
+			c.seen.add(env.WDEK)
+			c.pageSet[string(env.WDEK)] = struct{}{}
+		}
+	}
+	if c.focus != "" && len(c.pageSet) > 0 {
+		c.wk.PagesWithRows++
+		c.wk.PerPageDistinct += int64(len(c.pageSet))
+	}
+	return kids
+}
+
+func (c *Counter) addKey(kid string) {
+	if _, ok := c.c.ByKey[kid]; ok || c.tracked[kid] || len(c.c.ByKey) < len(c.tracked)+MaxKeys {
+		c.c.ByKey[kid]++
+		return
+	}
+	c.c.OtherKeysRows++
+}
+
+// Census returns the counts so far.
+func (c *Counter) Census() Census {
+	out := c.c
+	if c.focus != "" {
+		wk := c.wk
+		wk.Distinct, wk.Exact = c.seen.count()
+		out.Focus = &wk
+	}
+	return out
+}
+
+// Count walks the rows of t in b and counts them; see NewCounter for focus
+// and tracked. progress, when not nil, is called after every page.
+func Count(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize int, focus string, tracked []string,
+	progress func(Census)) (Census, error) {
+	c := NewCounter(focus, tracked...)
+	err := Walk(ctx, db, t, b, pageSize, func(page []Row) error {
+		c.Add(page)
+		if progress != nil {
+			progress(c.c)
+		}
+		return nil
+	})
+	return c.Census(), err
+}
+
+// RowsUnder counts the rows of the whole table under the key ARN.
+func RowsUnder(ctx context.Context, db Querier, t *batch.Table, keyARN string) (int64, error) {
+	c, err := Count(ctx, db, t, Bounds{}, 0, "", []string{keyARN}, nil)
+	return c.ByKey[keyARN], err
+}
+
+// hashSeed is per process: the hashes never leave memory, so they need not
+// be stable, and a random seed keeps crafted wrapped keys from colliding.
+var hashSeed = maphash.MakeSeed()

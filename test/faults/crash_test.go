@@ -1,0 +1,127 @@
+package faults
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// reference rotates n fresh rows (rowsPerKey rows per legacy data key) once,
+// without faults, with the same settings, and returns the KMS requests the
+// run made and how long it took: the baseline of "KMS calls redone".
+func reference(t *testing.T, n, rowsPerKey int, extra ...string) (calls int64, took time.Duration) {
+	t.Helper()
+	w := newWorld(t, worldOpts{})
+	w.Seed(n, w.Old, rowsPerKey)
+	w.proxy.ResetCounts()
+	p := w.run("reference", 10*time.Minute, extra...)
+	p.expectExit(t, exitOK)
+	return kmsCalls(w.proxy.Counts()), p.took()
+}
+
+// Scenario 1: kill -9 at random moments, rerunning after each kill, then to
+// completion.
+func TestCrashStorm(t *testing.T) {
+	t.Parallel()
+	n, kills := pick(3000, 200_000), pick(5, 50)
+	rate := pick("1500", "0") // stretch the short run so that kills land mid-run
+	scen := fmt.Sprintf("1 crash storm (%d rows, %d kill -9)", n, kills)
+	extra := []string{"KMS_RATE_LIMIT=" + rate, "RANGES=16"}
+
+	clean, cleanTook := reference(t, n, 1, extra...)
+
+	w := newWorld(t, worldOpts{})
+	w.Seed(n, w.Old, 1)
+	w.proxy.ResetCounts()
+	// A kill comes 150 ms plus a random fraction of a clean run's
+	// (kills+1)-th part after the start: on average the kills leave half the
+	// work to the final run, whatever the machine's speed.
+	spread := max(cleanTook/time.Duration(kills+1), 300*time.Millisecond)
+	killed, partial, runs := 0, 0, 0
+	var worst pageState
+	for killed < kills {
+		runs++
+		p := w.start(fmt.Sprintf("storm#%d", runs), extra...)
+		delay := 150*time.Millisecond + rand.N(spread)
+		select {
+		case <-p.done:
+		case <-time.After(delay):
+			p.kill(syscall.SIGKILL)
+			<-p.done
+		}
+		if p.signal == 0 {
+			p.expectExit(t, exitOK)
+			break // finished before the kill came
+		}
+		killed++
+		if a := w.readAtomic(); !a.ok() {
+			partial++
+			worst = a
+			t.Logf("after kill %d: %s", killed, a)
+		}
+	}
+	final := w.run("storm-final", 10*time.Minute, extra...)
+	final.expectExit(t, exitOK)
+
+	figure(t, scen, "kill -9 delivered mid-run", fmt.Sprintf(">= %d", kills), killed, killed >= kills)
+	detail := fmt.Sprint(partial)
+	if partial > 0 {
+		detail += " (last: " + worst.String() + ")"
+	}
+	figure(t, scen, "kills that left a page in part or twice", "0", detail, partial == 0)
+	w.checkDone(scen, int64(n))
+	total := kmsCalls(w.proxy.Counts())
+	perKill := float64(total-clean) / float64(max(killed, 1))
+	// A kill loses at most the pages in flight (RANGE_WORKERS=2 pages of
+	// BATCH_SIZE decrypts plus one GenerateDataKey each) and costs one
+	// preflight (2 DescribeKey, 2 round-trip calls, a sample decrypt).
+	bound := float64(2*(100+1) + 6)
+	figure(t, scen, "KMS calls redone per kill", fmt.Sprintf("<= %.0f (2 pages in flight + preflight)", bound),
+		fmt.Sprintf("%.1f (%d calls vs %d in a clean run)", perKill, total, clean), perKill <= bound)
+}
+
+// Scenario 1, chosen points: the process kills itself (pkg/batch/crashpoint.go)
+// after the KMS work of a page, before its UPDATE, before its COMMIT and just
+// after it. After each crash every page is all or nothing; a rerun finishes.
+func TestCrashPoints(t *testing.T) {
+	t.Parallel()
+	n := pick(2000, 20_000)
+	scen := fmt.Sprintf("1 crash points (%d rows)", n)
+	extra := []string{"RANGES=8"}
+	clean, _ := reference(t, n, 1, extra...)
+
+	w := newWorld(t, worldOpts{})
+	w.Seed(n, w.Old, 1)
+	w.proxy.ResetCounts()
+	crashes := 0
+	for i, point := range []string{"after_kms", "before_update", "before_commit", "after_commit"} {
+		before := w.readAtomic()
+		after := 1 + i%2 // let a page or two commit first
+		p := w.run("crash-at-"+point, 5*time.Minute, append(extra,
+			"REENCRYPT_CRASH_AT="+point, fmt.Sprintf("REENCRYPT_CRASH_AFTER=%d", after))...)
+		killed := p.signal == syscall.SIGKILL
+		if killed {
+			crashes++
+		}
+		figure(t, scen, "process killed at "+point, "killed by SIGKILL", p.status(), killed)
+		a := w.readAtomic()
+		figure(t, scen, "after a crash at "+point+": page all or nothing", "audit = under NEW = checkpoint, no partial page",
+			a.String(), a.ok())
+		if point == "after_commit" {
+			// The page whose COMMIT returned is there although the process
+			// died before it could note it anywhere.
+			figure(t, scen, "rows committed by the run killed just after COMMIT", "> 0",
+				a.New-before.New, a.New > before.New)
+		}
+	}
+	final := w.run("after-crash-points", 5*time.Minute, extra...)
+	final.expectExit(t, exitOK)
+	w.checkDone(scen, int64(n))
+	total := kmsCalls(w.proxy.Counts())
+	perKill := float64(total-clean) / float64(max(crashes, 1))
+	bound := float64(2*(100+1) + 6)
+	figure(t, scen, "KMS calls redone per crash", fmt.Sprintf("<= %.0f (2 pages in flight + preflight)", bound),
+		fmt.Sprintf("%.1f (%d calls vs %d in a clean run)", perKill, total, clean), perKill <= bound)
+}
