@@ -197,13 +197,13 @@ type progress struct {
 }
 
 type progressSnapshot struct {
-	ok                    bool
-	pass                  int
-	status                checkpoint.PassStatus
-	rate                  float64 // pass rows per second since the baseline
-	eta                   time.Duration
-	remaining             int64
-	haveRemaining, haveET bool
+	ok                     bool
+	pass                   int
+	status                 checkpoint.PassStatus
+	rate                   float64 // pass rows per second since the baseline
+	eta                    time.Duration
+	remaining              int64
+	haveRemaining, haveETA bool
 }
 
 // startProgress reports progress while the run lasts: every progressPoll it
@@ -294,7 +294,7 @@ func (p *progress) update(ctx context.Context) {
 		}
 		m.RowsRemaining.Set(float64(s.remaining))
 		if s.rate > 0 {
-			s.eta, s.haveET = time.Duration(float64(s.remaining)/s.rate*float64(time.Second)), true
+			s.eta, s.haveETA = time.Duration(float64(s.remaining)/s.rate*float64(time.Second)), true
 		}
 	}
 	p.last = s
@@ -320,7 +320,7 @@ func (p *progress) logLine() {
 		if s.haveRemaining {
 			attrs = append(attrs, "rows_remaining_estimate", s.remaining)
 		}
-		if s.haveET {
+		if s.haveETA {
 			attrs = append(attrs, "eta_s", int64(s.eta.Seconds()), "eta", human(s.eta))
 		}
 	}

@@ -167,7 +167,6 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
 		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)
 	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass})
-	e.estimateRemaining(ctx)
 
 	err = e.workRanges(ctx, log)
 
@@ -428,18 +427,4 @@ func (e *Engine) Progress() checkpoint.Counts {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return e.total
-}
-
-// estimateRemaining sets the rows-remaining gauge from the planner's row
-// estimate (no table scan) minus the rows the pass has read so far.
-func (e *Engine) estimateRemaining(ctx context.Context) {
-	var estimate float64
-	if err := e.db.QueryRow(ctx, `SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::regclass`,
-		e.cfg.Table.QuotedName()).Scan(&estimate); err != nil {
-		return
-	}
-	if st, err := e.store.Status(ctx, e.run); err == nil {
-		estimate -= float64(st.Counts.Rows())
-	}
-	e.metrics.RowsRemaining.Set(max(estimate, 0))
 }

@@ -146,18 +146,24 @@ func TestCounterBoundsItsMemory(t *testing.T) {
 		t.Errorf("named %d keys, %d rows unnamed, tracked %d; want %d, 10, 1", len(got.ByKey), got.OtherKeysRows, got.ByKey["tracked"], census.MaxKeys+1)
 	}
 
-	const n = 600_000
+	const n = census.ExactDistinctLimit + 100_000
 	c = census.NewCounter("k")
 	page = page[:0]
+	tmpl := fakeToken(t, "k", make([]byte, 16)) // the wdek starts at byte 4+len("k")+2
+	random := make([]byte, 16*10_000)
 	for i := range n {
-		w := make([]byte, 16)
-		_, _ = rand.Read(w)
-		page = append(page, census.Row{ID: strconv.Itoa(i), Token: fakeToken(t, "k", w)})
+		if i%10_000 == 0 {
+			_, _ = rand.Read(random)
+		}
+		tok := append([]byte(nil), tmpl...)
+		copy(tok[7:23], random[16*(i%10_000):])
+		page = append(page, census.Row{ID: strconv.Itoa(i), Token: tok})
 		if len(page) == 10_000 {
 			c.Add(page)
 			page = page[:0]
 		}
 	}
+	c.Add(page)
 	f := c.Census().Focus
 	if f.Exact || math.Abs(float64(f.Distinct-n))/n > 0.02 {
 		t.Errorf("distinct %d (exact %v), want an estimate of %d within 2%%", f.Distinct, f.Exact, n)

@@ -217,8 +217,8 @@ func (c *Config) Redacted() map[string]any {
 	for i := range t.NumField() {
 		name := t.Field(i).Tag.Get("env")
 		val := v.Field(i).Interface()
-		if name == "DATABASE_URL" {
-			val = redactURL(c.DatabaseURL)
+		if name == "DATABASE_URL" || name == "PUSHGATEWAY_URL" {
+			val = redactURL(fmt.Sprint(val))
 		}
 		out[name] = fmt.Sprint(val)
 	}
