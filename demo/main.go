@@ -119,6 +119,11 @@ func demo(ctx context.Context, rows int, mode string, keep bool) error {
 		}
 	}
 
+	step("keys begin: OLD becomes rotating, NEW active, in the token_encryption_keys registry")
+	if code, err := reencrypt("keys", "begin"); err != nil || code != 0 {
+		return fmt.Errorf("keys begin exited %d: %v (log: %s)", code, err, tail(logPath))
+	}
+
 	step("run: rotate every token from OLD to NEW")
 	start := time.Now()
 	if code, err := reencrypt("run"); err != nil || code != 0 {
@@ -141,6 +146,11 @@ func demo(ctx context.Context, rows int, mode string, keep bool) error {
 		if code, err := reencrypt(sub...); err != nil || code != 0 {
 			return fmt.Errorf("verify exited %d: %v (log: %s)", code, err, tail(logPath))
 		}
+	}
+
+	step("keys retire: refused while any row is under OLD; none is, so OLD is retired")
+	if code, err := reencrypt("keys", "retire", "--key", oldAlias); err != nil || code != 0 {
+		return fmt.Errorf("keys retire exited %d: %v (log: %s)", code, err, tail(logPath))
 	}
 
 	step("independent check by the demo itself")
