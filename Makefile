@@ -29,6 +29,11 @@ bench: ## side-by-side benchmark, 200,000 rows x 3 rounds (BENCH_FLAGS="-rows 10
 bench-smoke: ## CI-sized benchmark (3,000 rows): every row rotated and correct, KMS calls per row; never asserts timings
 	$(GO) run ./bench -smoke
 
+soak: ## the long fault scenarios (test/faults, SOAK=1: up to 2 h), then their figures as a table (also in bin/soak-table.md)
+	@mkdir -p bin
+	@status=0; SOAK=1 $(GO) test -count=1 -timeout 120m -v ./test/faults/ 2>&1 | tee bin/soak.log || status=$$?; \
+	echo; $(GO) run ./test/faults/cmd/soaktable < bin/soak.log | tee bin/soak-table.md; exit $$status
+
 demo: ## the main job on a local default: throwaway Postgres + local-kms, 100,000 tokens rotated and verified
 	$(GO) run ./demo
 

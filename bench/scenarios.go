@@ -528,6 +528,27 @@ func (b *bench) profile(ctx context.Context) error {
 		case scPG:
 			tf = func(_ string, tok []byte) ([]byte, error) { return append([]byte(nil), tok...), nil }
 		case scRekey:
+		case scKMS:
+			path := strings.TrimSuffix(b.o.cpuProfile, ".pprof") + "." + sc + ".pprof"
+			f, err := os.Create(path)
+			if err != nil {
+				return err
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				f.Close()
+				return err
+			}
+			r := &Result{Scenario: sc}
+			err = b.kmsCeiling(ctx, r)
+			pprof.StopCPUProfile()
+			f.Close()
+			if err != nil {
+				return err
+			}
+			c := r.CPUDecrypt
+			fmt.Printf("%-11s in-process: %d Decrypt in %.2fs = %.0f/s, %d in flight; Decrypt phase CPU s: bench(client+proxy) %.1f, kms %.1f; profile %s\n",
+				sc, r.Rows, r.Seconds, r.RowsPerSec, r.KMSWorkers, c.Bench, c.KMS, path)
+			continue
 		default:
 			continue
 		}

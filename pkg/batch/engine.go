@@ -242,7 +242,13 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 		if ctx.Err() != nil {
 			return ErrInterrupted
 		}
-		lease, err := e.store.Claim(ctx, e.run, e.cfg.Owner, e.cfg.LeaseTTL)
+		// The claim runs on a context the shutdown signal does not cancel: a
+		// claim cancelled in flight may still commit on the server and leave
+		// the range leased to a process that is exiting. A lease obtained
+		// after the signal is released by workRange at once.
+		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.LeaseTTL)
+		lease, err := e.store.Claim(cctx, e.run, e.cfg.Owner, e.cfg.LeaseTTL)
+		ccancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ErrInterrupted

@@ -438,7 +438,14 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 		return c, nil, err
 	}
 	crashPoint("before_commit")
-	if err := tx.Commit(ctx); err != nil {
+	// Fence holds the range row locked until this COMMIT, so no process can
+	// have taken the range over: the commit is not abandoned when the page's
+	// context ends meanwhile (the lease renewer ends it as soon as it finds
+	// the range done, which this very commit does), since an abandoned
+	// COMMIT may still be applied and the page would then go uncounted.
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer ccancel()
+	if err := tx.Commit(cctx); err != nil {
 		return c, nil, fmt.Errorf("commit: %w", err)
 	}
 	crashPoint("after_commit")

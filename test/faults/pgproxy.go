@@ -53,8 +53,8 @@ type PGProxy struct {
 
 	match     string // CutOn: drop the connection at a statement holding this
 	matchLeft int
-	conns map[net.Conn]struct{}
-	wg    sync.WaitGroup
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
 }
 
 // StartPGProxy listens on a free loopback port and forwards to upstream

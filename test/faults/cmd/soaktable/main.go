@@ -7,6 +7,8 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/reencrypt/reencrypt/test/faults"
@@ -29,6 +31,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, "soaktable: no FIGURE line in the input")
 		os.Exit(1)
 	}
+	// Group by scenario (they interleave: the scenarios run in parallel),
+	// in the order of their number, keeping each scenario's figures in order.
+	num := func(s string) int {
+		n, _ := strconv.Atoi(strings.Fields(s + " 0")[0])
+		return n
+	}
+	first := map[string]int{}
+	for i, f := range figs {
+		if _, ok := first[f.Scenario]; !ok {
+			first[f.Scenario] = i
+		}
+	}
+	sort.SliceStable(figs, func(i, j int) bool {
+		a, b := figs[i].Scenario, figs[j].Scenario
+		if num(a) != num(b) {
+			return num(a) < num(b)
+		}
+		return first[a] < first[b]
+	})
 	cell := func(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
 	fmt.Println("| scenario | figure | expected | result | ok |")
 	fmt.Println("|---|---|---|---|---|")
