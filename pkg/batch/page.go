@@ -455,12 +455,24 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	return c, conflicts, nil
 }
 
-// advanceOnly moves the checkpoint when nothing else is left to write.
+// advanceOnly moves the checkpoint when nothing else is left to write. Its
+// COMMIT, like commit's, is not abandoned when the page context ends.
 func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *string, done bool) error {
-	return pgx.BeginFunc(ctx, e.db, func(tx pgx.Tx) error {
-		if err := e.store.Fence(ctx, tx, l); err != nil {
-			return err
-		}
-		return e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL)
-	})
+	tx, err := e.db.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
+	if err := e.store.Fence(ctx, tx, l); err != nil {
+		return err
+	}
+	if err := e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL); err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if err := tx.Commit(cctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
 }

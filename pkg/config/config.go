@@ -161,8 +161,8 @@ func (c *Config) Validate() error {
 	if c.PageTimeout < time.Second {
 		bad("PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
 	}
-	if c.StopGrace < 0 || c.StopGrace >= c.LeaseTTL {
-		bad("STOP_GRACE %s: want 0..LEASE_TTL", c.StopGrace)
+	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
+		bad("STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
 	}
 	if c.PushgatewayURL != "" {
 		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
