@@ -106,10 +106,16 @@ func (p *Proxy) ResetCounts() {
 
 // MaxRate is the largest number of requests received in any one-second
 // window (sliding in 100 ms steps) since the last ResetCounts.
-func (p *Proxy) MaxRate() float64 {
+func (p *Proxy) MaxRate() float64 { return p.MaxRateOver(time.Second) }
+
+// MaxRateOver is the busiest window of length d (a multiple of 100 ms), in
+// requests per second. Longer windows smooth out the bunching that
+// scheduling delays on a loaded machine add between sender and proxy.
+func (p *Proxy) MaxRateOver(d time.Duration) float64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.window.max()
+	n := max(1, int64(d/(100*time.Millisecond)))
+	return p.window.max(n) / (float64(n) / 10)
 }
 
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -194,11 +200,11 @@ func (rw *rateWindow) add(t time.Time) {
 	rw.buckets[t.UnixMilli()/100]++
 }
 
-func (rw *rateWindow) max() float64 {
+func (rw *rateWindow) max(buckets int64) float64 {
 	var best int64
 	for start := range rw.buckets {
 		var sum int64
-		for i := int64(0); i < 10; i++ {
+		for i := int64(0); i < buckets; i++ {
 			sum += rw.buckets[start+i]
 		}
 		best = max(best, sum)
