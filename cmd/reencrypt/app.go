@@ -140,8 +140,7 @@ func exitCode(err error) int {
 			return exitQuarantined
 		}
 		return exitRetry
-	case errors.Is(err, batch.ErrInterrupted), errors.Is(err, batch.ErrTransient),
-		errors.Is(err, context.Canceled), errors.Is(err, checkpoint.ErrFenced):
+	case batch.IsTransient(err), errors.Is(err, context.Canceled), errors.Is(err, checkpoint.ErrFenced):
 		return exitRetry
 	case errors.Is(err, errVerifyFailed):
 		return exitQuarantined

@@ -3,6 +3,11 @@ package batch
 import (
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // ErrConfig marks a configuration the engine refuses before its first write:
@@ -45,4 +50,32 @@ type PartialError struct {
 func (e *PartialError) Error() string {
 	return fmt.Sprintf("run %s finished with %d quarantined and %d conflicted rows left under the old key",
 		e.RunID, e.Quarantined, e.Conflicted)
+}
+
+// IsTransient reports whether err is worth a retry by rerunning: marked
+// transient by the engine, an interruption, or an error of the database
+// connection itself — a connection class (08), an operator intervention such
+// as pg_terminate_backend or a shutdown (57), insufficient resources (53), a
+// serialization failure (40), a system error (58) — or of the network.
+func IsTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrTransient) || errors.Is(err, ErrInterrupted) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code[:2] {
+		case "08", "57", "53", "40", "58":
+			return true
+		}
+		return false
+	}
+	var connectErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) ||
+		errors.Is(err, pgconn.ErrConnClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
 }

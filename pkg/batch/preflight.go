@@ -105,22 +105,19 @@ func keyOrTransient(err error) error {
 	return transient(err)
 }
 
-// sampleOld opens up to three tokens under OLD. When every one of them fails
-// to open, the configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong,
-// and running would only quarantine the whole table: refuse instead — unless
-// a token under NEW in the sample opens with this namespace, which proves the
-// configuration right: then the failures are bad rows (on a rerun after
-// quarantine they are the only rows left under OLD) and the run must go on.
+// sampleOld opens tokens under OLD taken from the start of the table and
+// from random pages across it. When at least five were tried and none of
+// them opens — and no token under NEW in the sample opens either — the
+// configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong, and running
+// would only quarantine the whole table: refuse instead. A few bad rows, even
+// the first ones in the heap, do not stop the run: they are quarantined.
 func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, newARN, ns string) error {
-	rows, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
+	sample, err := sampleRows(ctx, db, t)
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))
 	}
-	sample, err := collectRows(rows, 200)
-	if err != nil {
-		return transient(fmt.Errorf("sample rows: %w", err))
-	}
-	tried, failed := 0, 0
+	const maxTries, minTries = 12, 5
+	tried := 0
 	for _, r := range sample {
 		env, err := envelope.Parse(r.token)
 		if err != nil || env.KID != oldARN {
@@ -139,15 +136,56 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 				return nil
 			}
 		}
-		failed++
-		if tried == 3 {
+		if tried == maxTries {
 			break
 		}
 	}
-	if tried >= 3 && failed == tried && !anyOpens(ctx, kc, sample, newARN, ns) {
-		return configErrorf("the first %d tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
+	if tried >= minTries && !anyOpens(ctx, kc, sample, newARN, ns) {
+		return configErrorf("%d sampled tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
 	}
 	return nil
+}
+
+// sampleRows reads up to 200 rows from the start of the table and up to 200
+// from random pages (TABLESAMPLE SYSTEM, sized from the planner's row
+// estimate so that a huge table is not scanned).
+func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
+	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
+	if err != nil {
+		return nil, err
+	}
+	sample, err := collectRows(first, 400)
+	if err != nil {
+		return nil, err
+	}
+	var estimate float64
+	if err := db.QueryRow(ctx, `SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&estimate); err != nil {
+		return nil, err
+	}
+	percent := 100.0
+	if estimate > 0 {
+		percent = min(100, max(0.0001, 2000/estimate*100))
+	}
+	spread, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s TABLESAMPLE SYSTEM ($1) WHERE %[2]s IS NOT NULL LIMIT 200`,
+		t.qid, t.qtoken, t.qname), percent)
+	if err != nil {
+		return nil, err
+	}
+	more, err := collectRows(spread, 200)
+	if err != nil {
+		return nil, err
+	}
+	// Interleave so that the tries are spread over both halves.
+	out := make([]row, 0, len(sample)+len(more))
+	for i := 0; i < max(len(sample), len(more)); i++ {
+		if i < len(more) {
+			out = append(out, more[i])
+		}
+		if i < len(sample) {
+			out = append(out, sample[i])
+		}
+	}
+	return out, nil
 }
 
 // anyOpens reports whether one of the first three tokens under keyARN in
