@@ -62,7 +62,11 @@ func main() {
 			if strings.Contains(ev.Test, "/") { // subtests are counted through their parents
 				if ev.Action == "fail" {
 					failedNames = append(failedNames, ev.Package+"."+ev.Test)
+					if b := outputs[key]; b != nil {
+						fmt.Printf("--- FAIL: %s (%s)\n%s", ev.Test, ev.Package, b.String())
+					}
 				}
+				delete(outputs, key)
 				continue
 			}
 			switch ev.Action {
