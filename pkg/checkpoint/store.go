@@ -239,9 +239,6 @@ func (s *Store) Advance(ctx context.Context, tx pgx.Tx, l *Lease, cursor *string
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("range %d: %w", l.Range, ErrFenced)
 	}
-	if cursor != nil {
-		l.Cursor = cursor
-	}
 	return nil
 }
 

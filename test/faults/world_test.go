@@ -244,7 +244,7 @@ func (w *world) dumpLogs() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, p := range w.procs {
-		w.t.Logf("--- %s (%s): stdout:\n%s\nstderr tail:\n%s", p.name, p.statusNow(), tail(p.stdout.String(), 1000), tail(p.stderr.String(), 3000))
+		w.t.Logf("--- %s (%s): stdout:\n%s\nstderr tail:\n%s", p.name, p.statusNow(), tail(p.stdout.String(), 1000), tail(p.stderr.String(), 300000))
 	}
 }
 
