@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -29,7 +30,8 @@ import (
 type engineRun struct {
 	exit          int
 	wall          time.Duration
-	maxRSSKiB     int64
+	maxRSSKiB     int64         // ru_maxrss: includes this bench's RSS at fork (see runEngine)
+	hwmKiB        int64         // VmHWM of the engine's own address space: its peak RSS
 	cpu           time.Duration // user + system of the engine process
 	pageSeconds   []float64     // pages that held rows
 	phaseSeconds  [3][]float64  // read, rotate (KMS + AES), commit of those pages
@@ -97,6 +99,22 @@ func (r *engineRun) logLine(line []byte) {
 			}
 		}
 	}
+}
+
+// vmHWM reads VmHWM (kB) from a /proc/<pid>/status file; 0 if absent.
+func vmHWM(path string) int64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var n int64
+			fmt.Sscanf(strings.TrimSpace(v), "%d", &n)
+			return n
+		}
+	}
+	return 0
 }
 
 var phaseNames = [3]string{"read", "rotate", "commit"}
@@ -170,6 +188,25 @@ func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode strin
 	if onStart != nil {
 		onStart(cmd.Process.Pid)
 	}
+	// Peak RSS: VmHWM of the child's own address space, polled until it
+	// exits. (ru_maxrss is no good here: os/exec starts the child with
+	// CLONE_VM|CLONE_VFORK, and Linux carries the shared address space's
+	// high-water mark — this bench's own RSS — into the child's maxrss at
+	// exec.)
+	hwmDone := make(chan struct{})
+	var hwmKiB atomic.Int64
+	go func() {
+		defer close(hwmDone)
+		path := fmt.Sprintf("/proc/%d/status", cmd.Process.Pid)
+		for {
+			if v := vmHWM(path); v > 0 {
+				hwmKiB.Store(max(hwmKiB.Load(), v))
+			} else {
+				return // gone (or a zombie: no VmHWM line)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
 	sc := bufio.NewScanner(stderr)
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
@@ -177,6 +214,8 @@ func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode strin
 	}
 	err = cmd.Wait()
 	r.wall = time.Since(start)
+	<-hwmDone
+	r.hwmKiB = hwmKiB.Load()
 	r.stdout = stdout.String()
 	var ee *exec.ExitError
 	if err != nil && !errors.As(err, &ee) {

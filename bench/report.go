@@ -401,7 +401,7 @@ func (rep *report) print(w io.Writer) {
 	tw.Flush()
 	fmt.Fprintln(bw, "\nnotes: KMS ceiling rows/s = Decrypt ops/s; its page columns = one Decrypt's latency. Naive: page = one row's transaction, over its first",
 		map[bool]string{true: "rows", false: commas(int64(o.naiveRows)) + " rows"}[o.naiveRows == 0 || o.naiveRows >= o.rows]+".",
-		"Peak RSS: engine subprocess only (ru_maxrss).")
+		"Peak RSS: the engine subprocess's own VmHWM (not ru_maxrss, which the vfork start inflates with the bench's RSS).")
 	if s := rep.get(scKMS); s != nil {
 		fmt.Fprintf(bw, "KMS ceiling: %s Decrypt/s and %s ReEncrypt/s with %s requests in flight (per-page workers x RANGE_WORKERS).\n",
 			f0(s.RowsPerSec), f0(s.ReEncryptPerS), f0(s.KMSWorkers))

@@ -42,20 +42,21 @@ type Result struct {
 	KMSWorkers   int              `json:"kms_workers,omitempty"` // per page (engine) / in flight (ceiling)
 	KMSLatencyMs float64          `json:"kms_latency_ms,omitempty"`
 
-	Pages        int64              `json:"pages,omitempty"`              // pages that held rows
-	PhaseP50Ms   map[string]float64 `json:"page_phase_p50_ms,omitempty"`  // read, rotate, commit
-	PhaseShare   map[string]float64 `json:"page_phase_share,omitempty"`   // of the time spent in pages
-	PageBusy     float64            `json:"range_workers_busy,omitempty"` // time in pages / (engine seconds x RANGE_WORKERS)
-	PageP50Ms    float64            `json:"page_p50_ms"`                  // naive: one row's transaction
-	PageP99Ms    float64            `json:"page_p99_ms"`                  //
-	PeakRSSMiB   float64            `json:"peak_rss_mib"`                 // engine subprocess only (ru_maxrss)
-	WALBytes     int64              `json:"wal_bytes"`                    // pg_current_wal_lsn() difference
-	WALPerRow    float64            `json:"wal_bytes_per_row"`            //
-	Stats        *tableStats        `json:"table_stats,omitempty"`        // n_dead_tup etc. after the run
-	CPU          cpuSnapshot        `json:"cpu_seconds"`                  // by process
-	CPUEngine    float64            `json:"cpu_seconds_engine"`           // the engine subprocess
-	ForeignCores float64            `json:"foreign_cores"`                // other processes' CPU use during the scenario, in cores (noise)
-	IdleWait     float64            `json:"idle_wait_seconds,omitempty"`
+	Pages           int64              `json:"pages,omitempty"`              // pages that held rows
+	PhaseP50Ms      map[string]float64 `json:"page_phase_p50_ms,omitempty"`  // read, rotate, commit
+	PhaseShare      map[string]float64 `json:"page_phase_share,omitempty"`   // of the time spent in pages
+	PageBusy        float64            `json:"range_workers_busy,omitempty"` // time in pages / (engine seconds x RANGE_WORKERS)
+	PageP50Ms       float64            `json:"page_p50_ms"`                  // naive: one row's transaction
+	PageP99Ms       float64            `json:"page_p99_ms"`                  //
+	PeakRSSMiB      float64            `json:"peak_rss_mib"`                 // engine subprocess only: its VmHWM, polled every 50 ms
+	MaxRSSRusageMiB float64            `json:"maxrss_rusage_mib,omitempty"`  // ru_maxrss: inflated by the bench's own RSS at fork (vfork), kept for reference
+	WALBytes        int64              `json:"wal_bytes"`                    // pg_current_wal_lsn() difference
+	WALPerRow       float64            `json:"wal_bytes_per_row"`            //
+	Stats           *tableStats        `json:"table_stats,omitempty"`        // n_dead_tup etc. after the run
+	CPU             cpuSnapshot        `json:"cpu_seconds"`                  // by process
+	CPUEngine       float64            `json:"cpu_seconds_engine"`           // the engine subprocess
+	ForeignCores    float64            `json:"foreign_cores"`                // other processes' CPU use during the scenario, in cores (noise)
+	IdleWait        float64            `json:"idle_wait_seconds,omitempty"`
 
 	ReEncryptPerSec float64      `json:"reencrypt_per_s,omitempty"`           // kms-ceiling: ReEncrypt ops/s
 	CPUDecrypt      *cpuSnapshot `json:"cpu_seconds_decrypt_phase,omitempty"` // kms-ceiling: CPU of the Decrypt phase alone
@@ -237,10 +238,11 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	if run != nil {
 		r.Rows, r.Seconds = run.rotated, run.engineSeconds
 		r.Pages, r.KMSWorkers, r.KMSLatencyMs, r.EngineKMS = run.pagesWithRows, run.kmsWorkers, run.kmsLatencyMs, run.engineKMS
-		if run.maxRSSKiB > 0 {
-			r.PeakRSSMiB = float64(run.maxRSSKiB) / 1024
-			r.CPUEngine = run.cpu.Seconds()
+		if run.hwmKiB > 0 {
+			r.PeakRSSMiB = float64(run.hwmKiB) / 1024
 		}
+		r.MaxRSSRusageMiB = float64(run.maxRSSKiB) / 1024
+		r.CPUEngine = run.cpu.Seconds()
 		ps := slices.Clone(run.pageSeconds)
 		sort.Float64s(ps)
 		r.PageP50Ms, r.PageP99Ms = quantile(ps, 0.50)*1000, quantile(ps, 0.99)*1000

@@ -67,9 +67,16 @@ func TestKMSFaults(t *testing.T) {
 				if p.exited() {
 					t.Fatalf("run ended before the fault: %s", p.status())
 				}
+				rotated0 := w.rotatedSoFar()
 				w.proxy.Set(c.faults)
 				time.Sleep(c.window)
 				fwd, pages := kmsCalls(w.proxy.Counts()), w.pages()
+				during := float64(w.rotatedSoFar()-rotated0) / c.window.Seconds()
+				// Not a bound: how far throughput falls while the fault lasts
+				// (each page waits for its unluckiest KMS call's backoff).
+				figure(t, scen, "rows rotated per second while the fault lasts (informational)",
+					fmt.Sprintf("budget %d KMS calls/s = %d rows/s without faults", limit, limit),
+					fmt.Sprintf("%.0f rows/s", during), true)
 				cleared := time.Now()
 				w.proxy.Set(kmsfault.Faults{})
 				if p.exited() {
