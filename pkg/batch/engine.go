@@ -246,22 +246,32 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 		// claim cancelled in flight may still commit on the server and leave
 		// the range leased to a process that is exiting. A lease obtained
 		// after the signal is released by workRange at once.
-		cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.LeaseTTL)
-		lease, err := e.store.Claim(cctx, e.run, e.cfg.Owner, e.cfg.LeaseTTL)
-		ccancel()
+		var lease *checkpoint.Lease
+		err := e.retry(ctx, "claim", log, func() error {
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.LeaseTTL)
+			defer ccancel()
+			var err error
+			lease, err = e.store.Claim(cctx, e.run, e.cfg.Owner, e.cfg.LeaseTTL)
+			return err
+		})
 		if err != nil {
 			if ctx.Err() != nil {
 				return ErrInterrupted
 			}
-			return transient(fmt.Errorf("claim: %w", err))
+			return err
 		}
 		if lease == nil {
-			st, err := e.store.Status(ctx, e.run)
+			var st checkpoint.PassStatus
+			err := e.retry(ctx, "read pass status", log, func() error {
+				var err error
+				st, err = e.store.Status(ctx, e.run)
+				return err
+			})
 			if err != nil {
 				if ctx.Err() != nil {
 					return ErrInterrupted
 				}
-				return transient(err)
+				return err
 			}
 			e.metrics.Ranges.WithLabelValues("done").Set(float64(st.Done))
 			e.metrics.Ranges.WithLabelValues("running").Set(float64(st.Running))
@@ -369,23 +379,44 @@ func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
 // pageWithRetry runs one page, retrying transient failures with capped
 // exponential backoff. Key, configuration and fencing errors are not retried.
 func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
+	var done bool
+	err := e.retry(ctx, "page", log, func() error {
+		var err error
+		done, err = e.page(ctx, l, log)
+		if err != nil && retryable(err) {
+			e.metrics.PageFailures.Inc()
+		}
+		return err
+	})
+	if err != nil {
+		return false, fmt.Errorf("range %d after cursor %q: %w", l.Range, deref(l.Cursor), err)
+	}
+	return done, nil
+}
+
+// retry runs fn (a page, a claim, a status read), retrying failures that
+// may pass (a terminated connection, a database restart, throttling) with
+// capped exponential backoff; the page is rolled back each time. Claims and
+// status reads need it as much as pages: without it one dropped pooled
+// connection stops a worker that was merely polling for work, and with it
+// every sibling.
+func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn func() error) error {
 	backoff := 500 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		done, err := e.page(ctx, l, log)
+		err := fn()
 		if err == nil {
-			return done, nil
+			return nil
 		}
 		if !retryable(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
 			if retryable(err) {
 				err = transient(err)
 			}
-			return false, fmt.Errorf("range %d after cursor %q: %w", l.Range, deref(l.Cursor), err)
+			return fmt.Errorf("%s: %w", what, err)
 		}
-		e.metrics.PageFailures.Inc()
-		log.Warn("page failed; rolled back, retrying", "attempt", attempt, "backoff", backoff, "err", err)
+		log.Warn(what+" failed; rolled back, retrying", "attempt", attempt, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
-			return false, ctx.Err()
+			return ctx.Err()
 		case <-time.After(backoff):
 		}
 		backoff = min(backoff*2, 15*time.Second)

@@ -36,24 +36,30 @@ func TestCrashStorm(t *testing.T) {
 	scen := fmt.Sprintf("1 crash storm (%d rows, %d kill -9)", n, kills)
 	extra := []string{"KMS_RATE_LIMIT=" + rate, "RANGES=16"}
 
-	clean, cleanTook := reference(t, n, 1, extra...)
+	clean, _ := reference(t, n, 1, extra...)
 
 	w := newWorld(t, worldOpts{})
 	w.Seed(n, w.Old, 1)
 	w.proxy.ResetCounts()
-	// A kill comes 150 ms plus a random fraction of a clean run's
-	// (kills+1)-th part after the start: on average the kills leave half the
-	// work to the final run, whatever the machine's speed.
-	spread := max(cleanTook/time.Duration(kills+1), 300*time.Millisecond)
 	killed, partial, runs := 0, 0, 0
 	var worst pageState
 	for killed < kills {
 		runs++
+		// Each kill lets the process rotate a random number of rows, on
+		// average an even share of what is left for the kills to come, and
+		// lands 0-100 ms after that (at least 150 ms after the start): the
+		// kills spread over the run on any machine, at any load.
+		done := w.rotatedSoFar()
+		share := (int64(n) - done) / int64(kills-killed+1)
+		target := done + rand.N(2*share+1)
 		p := w.start(fmt.Sprintf("storm#%d", runs), extra...)
-		delay := 150*time.Millisecond + rand.N(spread)
+		earliest := time.Now().Add(150 * time.Millisecond)
+		for !p.exited() && (time.Now().Before(earliest) || w.rotatedSoFar() < target) {
+			time.Sleep(10 * time.Millisecond)
+		}
 		select {
 		case <-p.done:
-		case <-time.After(delay):
+		case <-time.After(rand.N(100 * time.Millisecond)):
 			p.kill(syscall.SIGKILL)
 			<-p.done
 		}

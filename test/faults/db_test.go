@@ -64,8 +64,12 @@ func TestDBTerminateBackends(t *testing.T) {
 	wg.Wait()
 
 	figure(t, scen, "backends terminated", "> 0", terminated.Load(), terminated.Load() > 0)
-	figure(t, scen, "runs until exit 0 (each earlier one exit 75)", "exit 75 then a rerun finishes",
-		fmt.Sprintf("%d: %s", runs, w.exitCodes("terminate")), true)
+	// Pages, claims and status reads retry a dropped connection, so the
+	// first run rides the terminations out; a second run is tolerated for a
+	// page unlucky six times in a row. Before claims retried, the 50,000-row
+	// soak needed 40 runs that each died within a second.
+	figure(t, scen, "runs until exit 0", "≤ 2 (the run rides them out)",
+		fmt.Sprintf("%d: %s", runs, w.exitCodes("terminate")), runs <= 2)
 	w.checkDone(scen, int64(n))
 }
 
