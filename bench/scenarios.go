@@ -33,14 +33,16 @@ type Result struct {
 	WallSeconds float64 `json:"wall_seconds"` // whole process / whole scenario
 	RowsPerSec  float64 `json:"rows_per_s"`   // Rows / Seconds
 
-	KMS          map[string]int64 `json:"kms_requests"`          // by operation, as counted by the proxy
-	KMSTotal     int64            `json:"kms_requests_total"`    // every operation, preflight included
-	KMSPerRow    float64          `json:"kms_per_row"`           // KMSTotal / Rows
-	EngineKMS    map[string]int64 `json:"engine_kms,omitempty"`  // the engine's own attempt counts
-	KMSRate      rates            `json:"kms_rate"`              // from 100-ms samples of the proxy counter
-	ProxyMax1s   float64          `json:"proxy_max_1s"`          // the proxy's busiest 1-s window
-	KMSWorkers   int              `json:"kms_workers,omitempty"` // per page (engine) / in flight (ceiling)
-	KMSLatencyMs float64          `json:"kms_latency_ms,omitempty"`
+	KMS           map[string]int64 `json:"kms_requests"`            // by operation, as counted by the proxy
+	KMSTotal      int64            `json:"kms_requests_total"`      // every operation, preflight included
+	KMSPerRow     float64          `json:"kms_per_row"`             // KMSTotal / Rows
+	KMSPreflight  int64            `json:"kms_preflight,omitempty"` // engine: requests its preflight made, once per run
+	KMSPagePerRow float64          `json:"kms_page_per_row"`        // (KMSTotal - KMSPreflight) / Rows: the per-row cost
+	EngineKMS     map[string]int64 `json:"engine_kms,omitempty"`    // the engine's own attempt counts
+	KMSRate       rates            `json:"kms_rate"`                // from 100-ms samples of the proxy counter
+	ProxyMax1s    float64          `json:"proxy_max_1s"`            // the proxy's busiest 1-s window
+	KMSWorkers    int              `json:"kms_workers,omitempty"`   // per page (engine) / in flight (ceiling)
+	KMSLatencyMs  float64          `json:"kms_latency_ms,omitempty"`
 
 	Pages           int64              `json:"pages,omitempty"`              // pages that held rows
 	PhaseP50Ms      map[string]float64 `json:"page_phase_p50_ms,omitempty"`  // read, rotate, commit
@@ -166,6 +168,7 @@ func (m *measured) finish(ctx context.Context, r *Result) error {
 	}
 	if r.Rows > 0 {
 		r.KMSPerRow = float64(r.KMSTotal) / float64(r.Rows)
+		r.KMSPagePerRow = float64(r.KMSTotal-r.KMSPreflight) / float64(r.Rows)
 		if r.WALBytes > 0 && r.Scenario != scKMS {
 			r.WALPerRow = float64(r.WALBytes) / float64(r.Rows)
 		}
@@ -238,6 +241,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	if run != nil {
 		r.Rows, r.Seconds = run.rotated, run.engineSeconds
 		r.Pages, r.KMSWorkers, r.KMSLatencyMs, r.EngineKMS = run.pagesWithRows, run.kmsWorkers, run.kmsLatencyMs, run.engineKMS
+		r.KMSPreflight = run.preflightKMS
 		if run.hwmKiB > 0 {
 			r.PeakRSSMiB = float64(run.hwmKiB) / 1024
 		}
@@ -311,13 +315,17 @@ func (b *bench) checkKMS(r *Result) []string {
 		if k["ReEncrypt"] != rows || k["Decrypt"] > 1 || k["GenerateDataKey"] > 1 {
 			bad("rewrap: %v for %d rows, want ReEncrypt = rows, Decrypt <= 1, GenerateDataKey <= 1", k, rows)
 		}
-	case scSecond: // one Decrypt and one GenerateDataKey per page
-		if k["ReEncrypt"] != 0 || k["Decrypt"] > pages+4 || k["GenerateDataKey"] > pages+1 {
-			bad("second rotation: %v for %d rows in %d pages, want Decrypt <= pages+4, GenerateDataKey <= pages+1", k, rows, pages)
+	case scSecond: // one Decrypt and one GenerateDataKey per page, every page full
+		// Ranges are cut at row positions in whole pages, so the first
+		// rotation filled every page with one data key and this one's pages
+		// line up with them.
+		full := (rows + int64(b.cfg.BatchSize) - 1) / int64(b.cfg.BatchSize)
+		if inPages := r.KMSTotal - r.KMSPreflight; k["ReEncrypt"] != 0 || inPages > 2*full {
+			bad("second rotation: %v (%d by the preflight) for %d rows, want at most 2 per page of %d rows (%d) besides the preflight",
+				k, r.KMSPreflight, rows, b.cfg.BatchSize, 2*full)
 		}
-		// Pages are BATCH_SIZE rows except each range's last one.
-		if maxPages := int64(math.Ceil(float64(rows)/float64(b.cfg.BatchSize))) + int64(b.cfg.RangeCount()); pages > maxPages {
-			bad("second rotation: %d pages for %d rows, want <= %d (full pages + one partial per range)", pages, rows, maxPages)
+		if pages != full {
+			bad("second rotation: %d pages for %d rows, want %d (every page full but the last)", pages, rows, full)
 		}
 	case scKMS:
 		if k["Decrypt"] != r.Rows+1 || k["ReEncrypt"] != r.Rows || k["GenerateDataKey"] != 1 {

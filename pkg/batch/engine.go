@@ -42,7 +42,7 @@ type Config struct {
 	BatchSize       int           // rows per page (1000)
 	Workers         int           // KMS calls in flight per page (16)
 	RangeWorkers    int           // ranges worked at once by this process (2)
-	Ranges          int           // ranges a pass is cut into (64)
+	Ranges          int           // most ranges a pass is cut into (64); see planRanges
 	LeaseTTL        time.Duration // lease length; renewed at a third of it (30s)
 	PageTimeout     time.Duration // one page, KMS and commit included (2m)
 	StopGrace       time.Duration // time to finish the page in flight on shutdown (10s)
@@ -153,7 +153,7 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 		return Summary{}, fmt.Errorf("read database clock: %w", err)
 	}
 	run, err := e.store.Join(ctx, e.Spec(), dbStart, func(ctx context.Context) ([]checkpoint.Bounds, error) {
-		return planRanges(ctx, e.db, e.cfg.Table, e.cfg.Ranges)
+		return planRanges(ctx, e.db, e.cfg.Table, e.cfg.Ranges, e.cfg.BatchSize)
 	})
 	if err != nil {
 		return Summary{}, err

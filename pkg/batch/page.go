@@ -57,7 +57,9 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	if err != nil {
 		return false, err
 	}
-	done := len(rows) < e.cfg.BatchSize // a short page means the range is finished
+	// A short page means the range is finished; so does a page that ends on
+	// the range's upper bound (ranges cut at row positions end on a row).
+	done := len(rows) < e.cfg.BatchSize
 	readTook := time.Since(start)
 	var rotateTook, commitTook time.Duration // for the page's debug line
 	var last *string
@@ -65,6 +67,9 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		last = &rows[len(rows)-1].id
 		if from != nil && *last == *from {
 			return false, fmt.Errorf("cursor did not advance past %q", *from)
+		}
+		if u := l.Bounds.Upper; u != nil && *u == *last {
+			done = true
 		}
 	}
 

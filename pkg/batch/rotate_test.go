@@ -48,8 +48,8 @@ func TestRotateAll(t *testing.T) {
 
 			start = time.Now()
 			api := &countingKMS{KMS: e.API}
-			// Pages of a third of a range: each of the 64 ranges takes
-			// several pages, so the keyset cursor is really exercised.
+			// Pages of about a third of 1/64 of the table: each range
+			// takes several pages, so the keyset cursor is really exercised.
 			sum, err := rotate(t, e, runOpts{mode: tc.mode, api: api, batch: rows / 64 / 3})
 			if err != nil {
 				t.Fatalf("run: got error %v, want nil", err)
@@ -129,6 +129,58 @@ func TestRotateAll(t *testing.T) {
 				if got := api.decrypt.Load() + api.generate.Load(); got != 0 {
 					t.Errorf("Decrypt+GenerateDataKey calls in rewrap mode: got %d, want 0 (no plaintext here)", got)
 				}
+			}
+		})
+	}
+}
+
+// TestSecondRotationPagesLineUp: ranges are cut at row positions, whole
+// pages each, so a rekey fills every page (one data key per BatchSize rows),
+// and the next rotation's pages line up with those data keys: one Decrypt
+// and one GenerateDataKey per page, 2 / BatchSize KMS calls per row. Ranges
+// cut over the key space ended in short pages and made pages straddle two
+// data keys.
+func TestSecondRotationPagesLineUp(t *testing.T) {
+	t.Parallel()
+	for _, idType := range []string{"uuid", "bigint"} {
+		t.Run(idType, func(t *testing.T) {
+			t.Parallel()
+			const rows, page = 5000, 100
+			e := fixture.New(t, idType)
+			e.Seed(rows, e.Old, 1)
+			if _, err := rotate(t, e, runOpts{mode: batch.Rekey, batch: page, ranges: 8}); err != nil {
+				t.Fatalf("first rotation: %v", err)
+			}
+			perKey := map[string]int{}
+			for _, r := range e.Rows() {
+				env, err := envelope.Parse(r.Token)
+				if err != nil {
+					t.Fatalf("row %s: %v", r.ID, err)
+				}
+				perKey[string(env.WDEK)]++
+			}
+			if len(perKey) != rows/page {
+				t.Errorf("first rotation: %d data keys for %d rows, want %d (every page full)", len(perKey), rows, rows/page)
+			}
+			for _, n := range perKey {
+				if n != page {
+					t.Errorf("a data key seals %d rows, want %d (a full page)", n, page)
+					break
+				}
+			}
+
+			third := e.NewKey("third-" + idType)
+			api := &countingKMS{KMS: e.API}
+			sum, err := rotate(t, e, runOpts{mode: batch.Rekey, batch: page, ranges: 8, api: api, old: e.New, new: third})
+			if err != nil {
+				t.Fatalf("second rotation: %v", err)
+			}
+			if sum.Process.Rotated != rows {
+				t.Errorf("second rotation rotated %d, want %d", sum.Process.Rotated, rows)
+			}
+			e.AssertAll(fixture.Check{Under: third})
+			if d, g := api.decrypt.Load(), api.generate.Load(); d != rows/page || g != rows/page {
+				t.Errorf("second rotation: %d Decrypt and %d GenerateDataKey, want %d each (one per page)", d, g, rows/page)
 			}
 		})
 	}
