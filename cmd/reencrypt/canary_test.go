@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
@@ -164,7 +165,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 
 	// The run, scraped while it lasts, pushing at its end.
 	gw, gwURL := newPushgateway(t)
-	stderr := &opBuffer{}
+	stderr := &testbed.SyncBuffer{}
 	done := make(chan opResult, 1)
 	go func() {
 		done <- o.cmdCtx(context.Background(), []string{"run"}, stderr, debug, "PROGRESS=on", "METRICS_ADDR=127.0.0.1:0",

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/config"
 )
 
@@ -125,7 +126,7 @@ next:
 
 // waitLog waits for a JSON log record with this msg on a running command's
 // stderr and returns it.
-func waitLog(t *testing.T, stderr *opBuffer, msg string, done <-chan opResult) map[string]any {
+func waitLog(t *testing.T, stderr *testbed.SyncBuffer, msg string, done <-chan opResult) map[string]any {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) {
@@ -159,7 +160,7 @@ func TestMetricsDuringRunAndPush(t *testing.T) {
 	ids := o.Seed(2000, o.Old, 1)
 	gw, gwURL := newPushgateway(t)
 
-	stderr := &opBuffer{}
+	stderr := &testbed.SyncBuffer{}
 	done := make(chan opResult, 1)
 	go func() {
 		done <- o.cmdCtx(context.Background(), []string{"run"}, stderr, "METRICS_ADDR=127.0.0.1:0",

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -20,6 +19,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/internal/kmsfault"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
@@ -76,7 +76,7 @@ func (o *opEnv) cmd(args []string, extra ...string) opResult {
 	return o.cmdCtx(context.Background(), args, nil, extra...)
 }
 
-func (o *opEnv) cmdCtx(ctx context.Context, args []string, stderr *opBuffer, extra ...string) opResult {
+func (o *opEnv) cmdCtx(ctx context.Context, args []string, stderr *testbed.SyncBuffer, extra ...string) opResult {
 	o.t.Helper()
 	vars := map[string]string{}
 	for k, v := range o.vars {
@@ -88,7 +88,7 @@ func (o *opEnv) cmdCtx(ctx context.Context, args []string, stderr *opBuffer, ext
 	}
 	var stdout bytes.Buffer
 	if stderr == nil {
-		stderr = &opBuffer{}
+		stderr = &testbed.SyncBuffer{}
 	}
 	code := run(ctx, args, &stdout, stderr, vars)
 	r := opResult{code: code, stdout: stdout.String(), stderr: stderr.String()}
@@ -232,25 +232,6 @@ func (o *opEnv) interruptedRun(extra ...string) opResult {
 		o.t.Fatalf("interrupted run: got exit %d, want %d\n%s", r.code, exitRetry, r)
 	}
 	return r
-}
-
-// opBuffer is a bytes.Buffer safe for a writer and a concurrent reader
-// (a test reading a running command's log).
-type opBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *opBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *opBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // opLogs parses the JSON log lines of a command's stderr (other lines,

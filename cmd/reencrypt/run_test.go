@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,31 +21,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 )
-
-// syncBuffer is a bytes.Buffer safe for the process's writes and our reads.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // process is one reencrypt process.
 type process struct {
 	cmd          *exec.Cmd
-	stdout       *syncBuffer
-	stderr       *syncBuffer
+	stdout       *testbed.SyncBuffer
+	stderr       *testbed.SyncBuffer
 	done         chan struct{}
 	code         int // exit code, -1 when killed by a signal; valid after done
 	start, ended time.Time
@@ -78,7 +60,7 @@ func startCLI(t *testing.T, env []string, args ...string) *process {
 	cmd := exec.Command(reencryptBin, args...)
 	cmd.Env = env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	p := &process{cmd: cmd, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p := &process{cmd: cmd, stdout: &testbed.SyncBuffer{}, stderr: &testbed.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = p.stdout, p.stderr
 	p.start = time.Now()
 	if err := cmd.Start(); err != nil {

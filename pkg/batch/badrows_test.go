@@ -9,6 +9,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/internal/seed"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
@@ -192,7 +193,7 @@ func TestBadRows(t *testing.T) {
 				t.Fatalf("preflight before the first run: %v", err)
 			}
 
-			logs := &logBuffer{}
+			logs := &testbed.SyncBuffer{}
 			sum, err := rotate(t, e, runOpts{mode: tc.mode, batch: 200, logs: logs})
 			p := partial(t, err)
 			if p.Quarantined != int64(len(want)) || p.Conflicted != 0 {

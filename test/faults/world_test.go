@@ -140,8 +140,8 @@ func (w *world) env(extra ...string) []string {
 type proc struct {
 	name    string
 	cmd     *exec.Cmd
-	stdout  syncBuffer
-	stderr  syncBuffer
+	stdout  testbed.SyncBuffer
+	stderr  testbed.SyncBuffer
 	done    chan struct{}
 	code    int // exit code; -1 when a signal ended it
 	signal  syscall.Signal
@@ -264,29 +264,6 @@ func (w *world) outputs() [][]byte {
 		out = append(out, p.stdout.Bytes(), p.stderr.Bytes())
 	}
 	return out
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func (s *syncBuffer) Bytes() []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return bytes.Clone(s.b.Bytes())
 }
 
 func tail(s string, n int) string {
