@@ -11,7 +11,9 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, environ())
+	env := environ()
+	tuneGC(env)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr, env)
 	stop()
 	os.Exit(code)
 }

@@ -44,7 +44,7 @@ type Config struct {
 	ShardIndex   int           `env:"SHARD_INDEX" envDefault:"-1" help:"this pod's index in the Job (default: JOB_COMPLETION_INDEX, else 0)"`
 	ShardCount   int           `env:"SHARD_COUNT" envDefault:"1" help:"pods sharing the work and the KMS budget"`
 	Ranges       int           `env:"RANGES" envDefault:"0" help:"most ranges a pass is cut into (0 = 16 per shard, at least 64); each holds whole pages, so a small table gets fewer"`
-	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"2" help:"ranges one process works at once"`
+	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"3" help:"ranges one process works at once (3 keeps KMS busy while a page reads and commits)"`
 	LeaseTTL     time.Duration `env:"LEASE_TTL" envDefault:"30s" help:"range lease; a dead pod's range is taken over after it"`
 	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included"`
 	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`

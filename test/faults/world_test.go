@@ -125,6 +125,7 @@ func (w *world) env(extra ...string) []string {
 		"NEW_KEY_ID="+cmp.Or(w.New.Ref, w.New.ARN),
 		"BATCH_SIZE=100",
 		"RANGES=8",
+		"RANGE_WORKERS=2", // the figures' bounds count pages in flight
 		"LEASE_TTL=2s",
 		"STOP_GRACE=1s",
 		"KMS_RATE_LIMIT=0",
