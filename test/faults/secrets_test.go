@@ -113,7 +113,7 @@ func (r *recorder) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 // audit tables.
 func TestSecretsNeverLeak(t *testing.T) {
 	t.Parallel()
-	n := pick(400, 5000)
+	n := pick(1000, 5000) // enough rows that phase 2 is still running when OLD is denied
 	scen := fmt.Sprintf("9 secrets (%d rows + canaries)", n)
 	ctx := context.Background()
 	w := newWorld(t, worldOpts{})
@@ -170,7 +170,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 
 	// 2. KMS errors surfacing in page failures (one attempt per call, 5xx
 	// and resets), then OLD access denied: error messages and warnings.
-	p2 := w.start("kms-errors", append(common, "KMS_RATE_LIMIT=300", "KMS_MAX_ATTEMPTS=1")...)
+	p2 := w.start("kms-errors", append(common, "KMS_RATE_LIMIT=100", "KMS_MAX_ATTEMPTS=1")...)
 	pages := w.pages()
 	waitFor(t, "a page", time.Minute, func() bool { return w.pages() > pages || p2.exited() })
 	w.proxy.Set(kmsfault.Faults{Error5xx: 0.3, Reset: 0.1})
