@@ -399,7 +399,7 @@ func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *sl
 
 // retry runs fn (a page, a claim, a status read), retrying failures that
 // may pass (a terminated connection, a database restart, throttling) with
-// capped exponential backoff; the page is rolled back each time. Claims and
+// capped exponential backoff (a failed page has been rolled back). Claims and
 // status reads need it as much as pages: without it one dropped pooled
 // connection stops a worker that was merely polling for work, and with it
 // every sibling.
@@ -416,7 +416,7 @@ func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn fu
 			}
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		log.Warn(what+" failed; rolled back, retrying", "attempt", attempt, "backoff", backoff, "err", err)
+		log.Warn(what+" failed; retrying", "attempt", attempt, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()

@@ -31,8 +31,8 @@ const exactPlanMaxRows = 10_000_000
 // bound and the last no upper bound, so rows inserted later are still read.
 func planRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkpoint.Bounds, error) {
 	n = max(n, 1)
-	var estimate float64
-	if err := db.QueryRow(ctx, `SELECT reltuples FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&estimate); err != nil {
+	estimate, err := rowEstimate(ctx, db, t)
+	if err != nil {
 		return nil, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
 	}
 	// reltuples is -1 before the table's first VACUUM or ANALYZE: a young
@@ -44,7 +44,7 @@ func planRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkp
 		return uuidRanges(n), nil
 	}
 	var lo, hi *int64
-	err := db.QueryRow(ctx, fmt.Sprintf(`SELECT min(%[1]s)::bigint, max(%[1]s)::bigint FROM %[2]s`, t.qid, t.qname)).Scan(&lo, &hi)
+	err = db.QueryRow(ctx, fmt.Sprintf(`SELECT min(%[1]s)::bigint, max(%[1]s)::bigint FROM %[2]s`, t.qid, t.qname)).Scan(&lo, &hi)
 	if err != nil {
 		return nil, fmt.Errorf("read id bounds of %s: %w", t.Qualified(), err)
 	}
@@ -52,6 +52,14 @@ func planRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkp
 		return []checkpoint.Bounds{{}}, nil
 	}
 	return intRanges(*lo, *hi, n), nil
+}
+
+// rowEstimate is the planner's row count of t (pg_class.reltuples): -1
+// before the table's first VACUUM or ANALYZE.
+func rowEstimate(ctx context.Context, db DB, t *Table) (float64, error) {
+	var n float64
+	err := db.QueryRow(ctx, `SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&n)
+	return n, err
 }
 
 // rowRanges cuts the table every step rows, step being the smallest whole

@@ -158,8 +158,8 @@ func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
 	if err != nil {
 		return nil, err
 	}
-	var estimate float64
-	if err := db.QueryRow(ctx, `SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&estimate); err != nil {
+	estimate, err := rowEstimate(ctx, db, t)
+	if err != nil {
 		return nil, err
 	}
 	percent := 100.0
