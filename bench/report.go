@@ -249,8 +249,14 @@ func (rep *report) ratiosAndTargets() {
 	rkK, rwK := util(rk, dec), util(rw, dec)
 	rwKre := util(rw, reenc)
 	addR("rekey vs KMS ceiling", "rekey rows/s x KMS requests/row / ceiling Decrypt ops/s", rkK)
-	addR("rewrap vs KMS ceiling", "rewrap rows/s x KMS requests/row / ceiling Decrypt ops/s", rwK)
-	addR("rewrap vs KMS ReEncrypt ceiling", "rewrap rows/s x KMS requests/row / ceiling ReEncrypt ops/s (same concurrency)", rwKre)
+	addR("rewrap vs KMS ceiling", "rewrap rows/s x KMS requests/row / ceiling ReEncrypt ops/s (same concurrency)", rwKre)
+	addR("rewrap vs KMS Decrypt ceiling", "rewrap rows/s x KMS requests/row / ceiling Decrypt ops/s (an operation rewrap does not call)", rwK)
+	addR("ReEncrypt ceiling / Decrypt ceiling", "what one ReEncrypt costs the endpoint against one Decrypt", func() float64 {
+		if dec <= 0 || reenc <= 0 {
+			return nan()
+		}
+		return reenc / dec
+	}())
 	addR("rekey vs naive", "rows/s / naive rows/s", div(rk, naive))
 	addR("rewrap vs naive", "rows/s / naive rows/s", div(rw, naive))
 	addR("second vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(sec, pg))
@@ -258,8 +264,12 @@ func (rep *report) ratiosAndTargets() {
 	addR("rekey vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(rk, pg))
 
 	unlimited := o.kmsBudget == 0 && o.kmsLatency == 0
-	addT("rekey >= 0.8 x KMS ceiling", ">= 0.8", rkK, rkK >= 0.8, unlimited)
-	addT("rewrap >= 0.8 x KMS ceiling (Decrypt)", ">= 0.8", rwK, rwK >= 0.8, unlimited)
+	addT("rekey >= 0.8 x KMS ceiling (Decrypt)", ">= 0.8", rkK, rkK >= 0.8, unlimited)
+	// Each mode is judged on the ceiling of the operation it sends: rewrap
+	// sends only ReEncrypt, which the endpoint serves more slowly than
+	// Decrypt, so no rewrap could reach 0.8 x the Decrypt ceiling wherever
+	// ReEncrypt/Decrypt is below 0.8; that ratio is reported above.
+	addT("rewrap >= 0.8 x KMS ceiling (ReEncrypt)", ">= 0.8", rwKre, rwKre >= 0.8, unlimited)
 	addT("rekey >= 5 x naive", ">= 5", div(rk, naive), div(rk, naive) >= 5, true)
 	addT("rewrap >= 5 x naive", ">= 5", div(rw, naive), div(rw, naive) >= 5, true)
 	addT("second >= 0.7 x Postgres ceiling", ">= 0.7", div(sec, pg), div(sec, pg) >= 0.7, true)
