@@ -624,6 +624,7 @@ func (w *world) runToEnd(name string, tries int, timeout time.Duration, extra ..
 		if p.signal != 0 || p.code != exitRetry {
 			p.expectExit(w.t, exitRetry)
 		}
+		w.t.Logf("%s#%d exited 75: %s", name, i, tail(p.failure(), 300))
 	}
 	w.t.Fatalf("%s: no run finished in %d tries", name, tries)
 	return tries
