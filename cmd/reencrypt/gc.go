@@ -17,20 +17,13 @@ const (
 	defaultMemoryLimit = 72 << 20 // bytes; the runtime's own, a little under the RSS target
 )
 
-// gcDefaults returns the settings to apply given the environment: a value
-// is left alone (ok false) when its variable is set.
-func gcDefaults(env map[string]string) (percent int, setPercent bool, limit int64, setLimit bool) {
-	_, gogc := env["GOGC"]
-	_, gomem := env["GOMEMLIMIT"]
-	return defaultGCPercent, !gogc, defaultMemoryLimit, !gomem
-}
-
+// tuneGC applies the defaults above, each unless its variable is set in
+// env (the runtime has then applied the user's value already).
 func tuneGC(env map[string]string) {
-	percent, setPercent, limit, setLimit := gcDefaults(env)
-	if setPercent {
-		debug.SetGCPercent(percent)
+	if _, set := env["GOGC"]; !set {
+		debug.SetGCPercent(defaultGCPercent)
 	}
-	if setLimit {
-		debug.SetMemoryLimit(limit)
+	if _, set := env["GOMEMLIMIT"]; !set {
+		debug.SetMemoryLimit(defaultMemoryLimit)
 	}
 }
