@@ -131,7 +131,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, batch.ErrConfig):
+	case errors.Is(err, batch.ErrConfig), errors.Is(err, checkpoint.ErrSchemaTooNew):
 		return exitConfig
 	case errors.Is(err, kmsclient.ErrKeyUnusable):
 		return exitKeyUnusable

@@ -22,6 +22,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/internal/testbed"
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 )
 
 // process is one reencrypt process.
@@ -394,5 +395,69 @@ func TestRunHelp(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Errorf("help does not mention %q", want)
 		}
+	}
+}
+
+// TestUpgradeResumesRelease1Run: a run half done in a state schema as
+// release 1 left it (the same tables, no version table) is resumed by this
+// release: the schema is adopted and migrated in place, the run keeps its
+// pass, and every row ends under NEW exactly once.
+func TestUpgradeResumesRelease1Run(t *testing.T) {
+	t.Parallel()
+	const rows = 4_000
+	e := fixture.New(t, "bigint")
+	ids := e.Seed(rows, e.Old, 1)
+	env := cliEnv(e, "BATCH_SIZE=100", "KMS_CONCURRENCY=4", "KMS_RATE_LIMIT=1000")
+
+	p := startCLI(t, env, "run")
+	for deadline := time.Now().Add(time.Minute); rotated(t, e) < rows/4 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGKILL)
+	<-p.done
+	done := rotated(t, e)
+	if done == 0 || done >= rows {
+		t.Fatalf("set-up: %d of %d rows rotated before the kill; want a half-finished run", done, rows)
+	}
+	// Back to release 1's layout: the same tables without a version table.
+	e.Exec(`DROP TABLE reencrypt.schema_version`)
+	pass := e.Int(`SELECT pass FROM reencrypt.runs`)
+
+	if p, code := runCLI(t, env, 2*time.Minute, "run"); code != exitOK {
+		t.Fatalf("rerun after upgrade: exit %d; stderr:\n%s", code, tail(p.stderr.String()))
+	}
+	if got := e.Int(`SELECT pass FROM reencrypt.runs`); got != pass {
+		t.Errorf("pass %d after the upgrade, want the half-finished pass %d resumed", got, pass)
+	}
+	if got := e.Int(`SELECT version FROM reencrypt.schema_version`); got != int64(checkpoint.SchemaVersion()) {
+		t.Errorf("schema version %d, want %d", got, checkpoint.SchemaVersion())
+	}
+	assertRotatedOnce(t, e, ids)
+}
+
+// TestNewerStateSchemaRefused: a binary older than the state schema refuses
+// to write it (run) or read it (status) with exit 78, changing nothing.
+func TestNewerStateSchemaRefused(t *testing.T) {
+	t.Parallel()
+	e := fixture.New(t, "uuid")
+	e.Seed(50, e.Old, 1)
+	env := cliEnv(e)
+	if p, code := runCLI(t, env, time.Minute, "run"); code != exitOK {
+		t.Fatalf("first run: exit %d; stderr:\n%s", code, tail(p.stderr.String()))
+	}
+	newer := int64(checkpoint.SchemaVersion()) + 1
+	e.Exec(`UPDATE reencrypt.schema_version SET version = $1`, newer)
+	e.Seed(10, e.Old, 1)
+	for _, cmd := range []string{"run", "status"} {
+		p, code := runCLI(t, env, time.Minute, cmd)
+		if code != exitConfig {
+			t.Errorf("%s: exit %d, want %d; stderr:\n%s", cmd, code, exitConfig, tail(p.stderr.String()))
+		}
+		if !strings.Contains(p.stderr.String(), "newer") && !strings.Contains(p.stderr.String(), fmt.Sprintf("version %d", newer)) {
+			t.Errorf("%s: stderr does not say the schema is newer:\n%s", cmd, tail(p.stderr.String()))
+		}
+	}
+	if n := e.Int(`SELECT count(*) FROM payment_methods WHERE position($1::bytea IN encrypted_token) > 0`, []byte(e.Old.ARN)); n != 10 {
+		t.Errorf("%d rows under OLD after the refused run, want the 10 left untouched", n)
 	}
 }

@@ -84,10 +84,12 @@ func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 	if err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: inspect: %w", err)
 	}
-	store := checkpoint.New(o.db, "reencrypt")
-	if err := store.Migrate(ctx); err != nil {
+	// Migrate on the fixture's pool: o.db may be a wrapper, and Migrate
+	// needs a pool's configuration for its own connection.
+	if err := checkpoint.New(e.DB, "reencrypt").Migrate(ctx); err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: migrate: %w", err)
 	}
+	store := checkpoint.New(o.db, "reencrypt")
 	cache := kmsclient.NewCache(1024, time.Minute)
 	defer cache.Purge()
 	kc := kmsclient.NewClient(o.api, fixture.Namespace, cache)

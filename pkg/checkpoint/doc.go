@@ -1,6 +1,14 @@
 // Package checkpoint keeps the engine's own bookkeeping in Postgres, in a
-// schema of its own (default "reencrypt"), created idempotently. Postgres is
-// the only coordinator between processes: no other service is needed.
+// schema of its own (default "reencrypt"). Postgres is the only coordinator
+// between processes: no other service is needed.
+//
+// The schema is versioned: migrations/NNN_name.sql, embedded and applied in
+// order by tern (github.com/jackc/tern/v2), with the version in the schema's
+// own schema_version table. A Job of a newer release upgrades a schema left
+// by an older one in place, runs and all; release 1's unversioned schema is
+// adopted as version 1. An older binary refuses a newer schema
+// (ErrSchemaTooNew, exit 78). DDL runs only when something is missing, so a
+// role without CREATE privileges runs against a schema an admin migrated.
 //
 // A run is one rotation (table, OLD key ARN, NEW key ARN, mode) and has a
 // stable id derived from those, so rerunning the same command joins it. A run

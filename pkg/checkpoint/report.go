@@ -14,13 +14,20 @@ import (
 // first, because a database that never saw a run has no bookkeeping schema
 // and a read-only command must not create one.
 
-// Exists reports whether the bookkeeping tables are there.
+// Exists reports whether the bookkeeping tables are there, refusing
+// (ErrSchemaTooNew) a schema migrated by a newer release.
 func (s *Store) Exists(ctx context.Context) (bool, error) {
 	var ok bool
 	err := s.db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
 		s.schema+".runs", s.schema+".ranges", s.schema+".quarantine").Scan(&ok)
 	if err != nil {
 		return false, fmt.Errorf("look up bookkeeping schema %s: %w", s.name, err)
+	}
+	if ok {
+		// A newer release's schema may mean something else by these rows.
+		if err := s.CheckVersion(ctx); err != nil {
+			return false, err
+		}
 	}
 	return ok, nil
 }

@@ -2,86 +2,140 @@ package checkpoint
 
 import (
 	"context"
+	"embed"
+	"errors"
 	"fmt"
+	"io/fs"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/jackc/tern/v2/migrate"
 )
 
-// schemaSQL creates the bookkeeping tables. %[1]s is the quoted schema name.
-const schemaSQL = `
-CREATE SCHEMA IF NOT EXISTS %[1]s;
-CREATE TABLE IF NOT EXISTS %[1]s.runs (
-	run_id           text PRIMARY KEY,
-	table_name       text NOT NULL,
-	old_key_arn      text NOT NULL,
-	new_key_arn      text NOT NULL,
-	mode             text NOT NULL,
-	namespace        text NOT NULL,
-	pass             int  NOT NULL DEFAULT 0,
-	pass_started_at  timestamptz,
-	pass_finished_at timestamptz,
-	created_at       timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS %[1]s.ranges (
-	run_id           text NOT NULL REFERENCES %[1]s.runs ON DELETE CASCADE,
-	pass             int  NOT NULL,
-	range_no         int  NOT NULL,
-	lower_bound      text,
-	upper_bound      text,
-	cursor           text,
-	state            text NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'running', 'done')),
-	owner            text,
-	lease_token      bigint NOT NULL DEFAULT 0,
-	lease_expires_at timestamptz,
-	rows_rotated     bigint NOT NULL DEFAULT 0,
-	rows_skipped     bigint NOT NULL DEFAULT 0,
-	rows_other_key   bigint NOT NULL DEFAULT 0,
-	rows_quarantined bigint NOT NULL DEFAULT 0,
-	rows_conflicted  bigint NOT NULL DEFAULT 0,
-	pages            bigint NOT NULL DEFAULT 0,
-	claims           int    NOT NULL DEFAULT 0,
-	started_at       timestamptz,
-	finished_at      timestamptz,
-	updated_at       timestamptz,
-	PRIMARY KEY (run_id, pass, range_no)
-);
-CREATE SEQUENCE IF NOT EXISTS %[1]s.lease_tokens;
-CREATE TABLE IF NOT EXISTS %[1]s.quarantine (
-	run_id        text NOT NULL,
-	row_id        text NOT NULL,
-	error_class   text NOT NULL,
-	pass          int  NOT NULL,
-	first_seen_at timestamptz NOT NULL DEFAULT now(),
-	last_seen_at  timestamptz NOT NULL DEFAULT now(),
-	PRIMARY KEY (run_id, row_id)
-);
-CREATE TABLE IF NOT EXISTS %[1]s.events (
-	id      bigserial PRIMARY KEY,
-	run_id  text NOT NULL,
-	pass    int  NOT NULL,
-	at      timestamptz NOT NULL DEFAULT now(),
-	event   text NOT NULL,
-	owner   text,
-	details jsonb
-);
-`
+// migrations are the state schema's versions, applied in order by tern.
+// A release only ever adds files; a file once released is never edited.
+//
+//go:embed migrations/*.sql
+var migrations embed.FS
 
-// Migrate creates the bookkeeping schema if it is missing. Concurrent callers
-// (every pod of a Job at once) serialise on an advisory lock, because
-// CREATE ... IF NOT EXISTS alone races on the catalog.
-func (s *Store) Migrate(ctx context.Context) error {
-	return pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('reencrypt.schema'))`); err != nil {
-			return err
-		}
-		_, err := tx.Exec(ctx, fmt.Sprintf(schemaSQL, s.schema))
-		if err != nil {
-			return fmt.Errorf("create bookkeeping schema %s: %w", s.schema, err)
-		}
-		return nil
-	})
+// versionTable is tern's one-row table holding the schema's version, in the
+// state schema itself.
+const versionTable = "schema_version"
+
+// ErrSchemaTooNew means the state schema was migrated by a newer release than
+// this binary: it refuses to read or write it (a configuration error: run
+// the newer release, or roll the schema back by hand).
+var ErrSchemaTooNew = errors.New("state schema is newer than this release")
+
+// SchemaVersion is the state schema version this binary writes.
+func SchemaVersion() int32 {
+	n, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		panic(err) // the pattern is a constant
+	}
+	return int32(len(n))
 }
+
+// Migrate brings the state schema to this release's version. It runs DDL
+// only when something is missing: CREATE SCHEMA only when the schema does
+// not exist (so a least-privilege role that owns, or was granted, a schema
+// created beforehand by an admin never needs the database's CREATE
+// privilege), and a migration only when the schema is older than this
+// release. Every pod of a Job may call it at once: tern serialises them on
+// an advisory lock. A schema newer than this release is refused
+// (ErrSchemaTooNew) before anything is written.
+//
+// The store's DB must be a *pgxpool.Pool: the migration runs on a dedicated
+// connection made from its configuration whose search_path is the state
+// schema alone, because tern issues RESET ALL between migrations.
+func (s *Store) Migrate(ctx context.Context) error {
+	pool, ok := s.db.(*pgxpool.Pool)
+	if !ok {
+		return fmt.Errorf("migrate state schema %s: need a connection pool, got %T", s.name, s.db)
+	}
+	cc := pool.Config().ConnConfig.Copy()
+	cc.RuntimeParams["search_path"] = s.schema
+	conn, err := pgx.ConnectConfig(ctx, cc)
+	if err != nil {
+		return fmt.Errorf("migrate state schema %s: connect: %w", s.name, err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	return migrateOn(ctx, conn, s.name, s.schema)
+}
+
+func migrateOn(ctx context.Context, conn *pgx.Conn, name, quoted string) error {
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`, name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up state schema %s: %w", name, err)
+	}
+	if !exists {
+		// IF NOT EXISTS: another pod may create it at the same moment.
+		if _, err := conn.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+quoted); err != nil {
+			return fmt.Errorf("create state schema %s: %w", name, err)
+		}
+	}
+	// The version table is found through search_path (the state schema
+	// alone on this connection), so any schema name works.
+	m, err := migrate.NewMigrator(ctx, conn, versionTable)
+	if err != nil {
+		return fmt.Errorf("state schema %s: version table: %w", name, err)
+	}
+	m.Data["schema"] = quoted
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return err
+	}
+	if err := m.LoadMigrations(sub); err != nil {
+		return fmt.Errorf("load state schema migrations: %w", err)
+	}
+	current, err := m.GetCurrentVersion(ctx)
+	if err != nil {
+		return fmt.Errorf("read state schema version of %s: %w", name, err)
+	}
+	latest := int32(len(m.Migrations))
+	if current > latest {
+		return &schemaTooNewError{schema: name, have: current, know: latest}
+	}
+	if current == latest {
+		return nil
+	}
+	if err := m.Migrate(ctx); err != nil {
+		return fmt.Errorf("migrate state schema %s from version %d to %d: %w", name, current, latest, err)
+	}
+	return nil
+}
+
+// CheckVersion refuses (ErrSchemaTooNew) a state schema migrated by a newer
+// release; the read-only commands call it instead of Migrate. A schema that
+// does not exist yet, or predates versioning, passes.
+func (s *Store) CheckVersion(ctx context.Context) error {
+	var v *int32
+	err := s.db.QueryRow(ctx, fmt.Sprintf(`SELECT (SELECT version FROM %s.%s)`, s.schema, versionTable)).Scan(&v)
+	if err != nil {
+		var exists bool
+		if qerr := s.db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, s.schema+"."+versionTable).Scan(&exists); qerr == nil && !exists {
+			return nil
+		}
+		return fmt.Errorf("read state schema version of %s: %w", s.name, err)
+	}
+	if v != nil && *v > SchemaVersion() {
+		return &schemaTooNewError{schema: s.name, have: *v, know: SchemaVersion()}
+	}
+	return nil
+}
+
+type schemaTooNewError struct {
+	schema     string
+	have, know int32
+}
+
+func (e *schemaTooNewError) Error() string {
+	return fmt.Sprintf("state schema %s is at version %d, and this release knows versions up to %d: "+
+		"run the release that migrated it (or a newer one)", e.schema, e.have, e.know)
+}
+
+func (e *schemaTooNewError) Is(target error) bool { return target == ErrSchemaTooNew }
 
 func quoteIdent(name string) string {
 	return pgx.Identifier{strings.ToValidUTF8(name, "")}.Sanitize()
