@@ -187,6 +187,10 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	}
 	if st, serr := e.store.Status(endCtx, run); serr == nil {
 		sum.PassAll = st
+	} else if err == nil {
+		// Without the pass's totals nothing proves that no row was
+		// quarantined or left conflicted: never success, a rerun reads them.
+		err = transient(fmt.Errorf("read the totals of the finished pass: %w", serr))
 	}
 	if err == nil && (sum.PassAll.Counts.Quarantined > 0 || sum.PassAll.Counts.Conflicted > 0) {
 		err = &PartialError{RunID: run.ID, Quarantined: sum.PassAll.Counts.Quarantined, Conflicted: sum.PassAll.Counts.Conflicted}
