@@ -4,8 +4,10 @@ package main
 // cursor, the pass's status read, and a full recount of the rows under OLD.
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestNullableIDRefused: a unique id column that allows NULL hides rows from
@@ -41,5 +43,62 @@ func TestNullableIDRefused(t *testing.T) {
 	}
 	if len(plan.Refusals) != 1 || !strings.Contains(plan.Refusals[0], `"id"`) {
 		t.Errorf("plan refusals: got %q, want one naming the id column", plan.Refusals)
+	}
+}
+
+// TestRecountCatchesWritesBehindTheCursor: while the run works on its last
+// range (held back by a row lock, as a live API transaction would), the
+// live API writes under OLD into ranges already done: two rewrites and one
+// insert. The pass ends with every range done and nothing quarantined or
+// conflicted, but three rows are under OLD: run must recount, exit 75 and
+// say how many; a rerun then finishes with exit 0.
+func TestRecountCatchesWritesBehindTheCursor(t *testing.T) {
+	o := newOpEnv(t, "bigint")
+	ids := o.Seed(400, o.Old, 1)
+	ctx := context.Background()
+	lock, err := o.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = lock.Rollback(ctx) }()
+	last := ids[len(ids)-1]
+	if _, err := lock.Exec(ctx, `SELECT 1 FROM payment_methods WHERE id = $1::bigint FOR UPDATE`, last); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan opResult, 1)
+	go func() { done <- o.cmdCtx(ctx, []string{"run"}, nil, "BATCH_SIZE=50", "RANGE_WORKERS=1") }()
+	// One range worker claims the ranges in order: once its swap waits on
+	// the locked row, the last range's, every other range is done.
+	deadline := time.Now().Add(30 * time.Second)
+	for o.int(`SELECT count(*) FROM pg_stat_activity WHERE application_name = 'reencrypt' AND wait_event_type = 'Lock'`) == 0 {
+		select {
+		case r := <-done:
+			t.Fatalf("run ended before it reached the locked row:\n%s", r)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("run never reached the locked row")
+		}
+	}
+	if n := o.int(`SELECT count(*) FROM reencrypt.ranges WHERE state <> 'done'`); n != 1 {
+		t.Fatalf("%d ranges not done while the last one waits, want 1", n)
+	}
+	for _, id := range ids[:2] {
+		o.setToken(id, o.seal(o.Old, id, []byte("tok_late_"+id)))
+	}
+	o.insertRow("0", o.seal(o.Old, "0", []byte("tok_late_0")))
+	if err := lock.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	r := <-done
+	o.mustCode(r, exitRetry)
+	if !strings.Contains(r.stderr, "3 rows under the old key") {
+		t.Errorf("run does not say how many rows it found under OLD:\n%s", r)
+	}
+	o.mustCode(o.cmd([]string{"run"}, "BATCH_SIZE=50"), exitOK)
+	if got := o.KeyCounts(); got[o.New.ARN] != 401 || len(got) != 1 {
+		t.Errorf("after the rerun: %v, want all 401 rows under NEW", got)
 	}
 }
