@@ -182,18 +182,16 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.KMSCalls = a.kmsCalls(mode, f)
 	}
 	r.Budget, r.Estimate = a.estimate(checked.KMSLatency, r.KMSCalls)
-	idCheck := "unique, NOT NULL"
-	if nullable != nil {
-		idCheck = "unique, but NULL allowed: see below"
+	if nullable == nil {
+		r.Checks = append(r.Checks, fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, unique, NOT NULL)",
+			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType))
 	}
-	r.Checks = []string{
-		fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, %s)",
-			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType, idCheck),
+	r.Checks = append(r.Checks,
 		fmt.Sprintf("OLD_KEY_ID %s resolves to %s, %s", checked.Old.Ref, checked.Old.ARN, checked.Old.State),
 		fmt.Sprintf("NEW_KEY_ID %s resolves to %s, %s", checked.New.Ref, checked.New.ARN, checked.New.State),
 		fmt.Sprintf("round trip on NEW (GenerateDataKey, seal, Decrypt, open): ok, %.1f ms per call",
 			float64(checked.KMSLatency.Microseconds())/1000),
-	}
+	)
 	if mode == batch.Rekey {
 		r.Checks = append(r.Checks, "sample tokens under OLD open with namespace "+cfg.Namespace)
 	}
@@ -238,8 +236,8 @@ func (r *planReport) addUnreachable(ctx context.Context, a *app, checked *batch.
 		return tempErr(fmt.Errorf("plan: %w", err))
 	}
 	r.Rows.Unreachable, r.Rows.UnreachableUnderOld = c.Rows, c.ByKey[checked.Old.ARN]
-	r.Refusals = append(r.Refusals, fmt.Sprintf("%v; now %s rows have a NULL id, %s of them under OLD",
-		why, num(c.Rows), num(r.Rows.UnreachableUnderOld)))
+	r.Refusals = append(r.Refusals, fmt.Sprintf("rows with a NULL id now: %s, under OLD: %s. %v",
+		num(c.Rows), num(r.Rows.UnreachableUnderOld), why))
 	return nil
 }
 
@@ -319,6 +317,9 @@ func (r *planReport) print(w io.Writer) {
 	fmt.Fprintf(tw, "  under NEW (skipped)\t%s\t\n", num(r.Rows.UnderNew))
 	fmt.Fprintf(tw, "  under other keys (left alone)\t%s\t\n", num(r.Rows.OtherKeys))
 	fmt.Fprintf(tw, "  NULL or unreadable (quarantined)\t%s\t  %s\n", num(r.Rows.Unreadable), classes(r.Unreadable))
+	if r.Rows.Unreachable > 0 {
+		fmt.Fprintf(tw, "  NULL id (the run cannot reach them)\t%s\t  %s under OLD\n", num(r.Rows.Unreachable), num(r.Rows.UnreachableUnderOld))
+	}
 	exact := "exact"
 	if !r.WrappedKeys.Exact {
 		exact = "estimated"

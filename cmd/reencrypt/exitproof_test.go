@@ -44,6 +44,18 @@ func TestNullableIDRefused(t *testing.T) {
 	if len(plan.Refusals) != 1 || !strings.Contains(plan.Refusals[0], `"id"`) {
 		t.Errorf("plan refusals: got %q, want one naming the id column", plan.Refusals)
 	}
+	if testing.Verbose() {
+		t.Log(o.cmd([]string{"plan"}, "BATCH_SIZE=100").stdout)
+	}
+
+	// The fix the refusal names: every row gets an id, the column NOT NULL.
+	// A unique index on a NOT NULL column is enough; no primary key needed.
+	const given = "00000000-0000-4000-8000-000000000000"
+	o.exec(`UPDATE payment_methods SET id = $1::uuid, encrypted_token = $2 WHERE id IS NULL`,
+		given, o.seal(o.Old, given, []byte("tok_hidden"))) // the token is bound to its row id
+
+	o.exec(`ALTER TABLE payment_methods ALTER COLUMN id SET NOT NULL`)
+	o.mustCode(o.cmd([]string{"run"}, "BATCH_SIZE=100"), exitOK)
 }
 
 // TestRecountCatchesWritesBehindTheCursor: while the run works on its last
