@@ -148,7 +148,8 @@ type Summary struct {
 // Run joins the run, works ranges until the pass is complete or ctx is
 // cancelled, and returns what was done. Errors: ErrInterrupted on shutdown,
 // a *PartialError when rows were left behind, kmsclient.ErrKeyUnusable when a
-// key became unusable, checkpoint errors or transient errors otherwise.
+// key became unusable, checkpoint errors or transient errors otherwise (also
+// when the finished pass's totals cannot be read: nil is never a guess).
 func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	start := time.Now()
 	var dbStart time.Time
