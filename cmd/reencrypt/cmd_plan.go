@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -44,6 +45,8 @@ type planReport struct {
 	Estimate timeEstimate `json:"estimate"`
 	Checks   []string     `json:"checks"`
 	Warnings []string     `json:"warnings,omitempty"`
+	// Refusals are why the run would refuse this table (exit 78).
+	Refusals []string `json:"refusals,omitempty"`
 
 	ScanSeconds float64 `json:"scan_seconds"`
 	Written     int     `json:"rows_written"` // always 0: the contract of a dry run, stated
@@ -66,6 +69,10 @@ type planRows struct {
 	UnderNew   int64 `json:"under_new"`
 	OtherKeys  int64 `json:"under_other_keys"`
 	Unreadable int64 `json:"unreadable"` // NULL or not an envelope: will be quarantined
+	// Unreachable rows have a NULL id: the keyset cursor never reads them,
+	// so the run refuses a table that can hold them.
+	Unreachable         int64 `json:"unreachable_null_id"`
+	UnreachableUnderOld int64 `json:"unreachable_under_old"`
 }
 
 type wrappedReport struct {
@@ -118,7 +125,8 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	}
 	mode := batch.Mode(cfg.Mode)
 	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, mode)
-	if err != nil {
+	var nullable *batch.NullableIDError
+	if err != nil && !(errors.As(err, &nullable) && checked != nil) {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)
 	}
 	t := checked.Table
@@ -164,19 +172,26 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	if len(r.Unreadable) == 0 {
 		r.Unreadable = nil
 	}
+	if nullable != nil {
+		if err := r.addUnreachable(ctx, a, checked, nullable); err != nil {
+			return err
+		}
+	}
 	if f := c.Focus; f != nil {
 		r.WrappedKeys = wrappedReport{Distinct: f.Distinct, Exact: f.Exact}
 		r.KMSCalls = a.kmsCalls(mode, f)
 	}
 	r.Budget, r.Estimate = a.estimate(checked.KMSLatency, r.KMSCalls)
-	r.Checks = []string{
-		fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, unique)",
-			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType),
+	if nullable == nil {
+		r.Checks = append(r.Checks, fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, unique, NOT NULL)",
+			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType))
+	}
+	r.Checks = append(r.Checks,
 		fmt.Sprintf("OLD_KEY_ID %s resolves to %s, %s", checked.Old.Ref, checked.Old.ARN, checked.Old.State),
 		fmt.Sprintf("NEW_KEY_ID %s resolves to %s, %s", checked.New.Ref, checked.New.ARN, checked.New.State),
 		fmt.Sprintf("round trip on NEW (GenerateDataKey, seal, Decrypt, open): ok, %.1f ms per call",
 			float64(checked.KMSLatency.Microseconds())/1000),
-	}
+	)
 	if mode == batch.Rekey {
 		r.Checks = append(r.Checks, "sample tokens under OLD open with namespace "+cfg.Namespace)
 	}
@@ -197,9 +212,32 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	a.log.Info("plan done", "rows", r.Rows.Total, "under_old", r.Rows.UnderOld, "under_new", r.Rows.UnderNew,
 		"kms_calls", r.KMSCalls.Total, "job_seconds", int(r.Estimate.JobSeconds))
 	if asJSON {
-		return writeJSON(a.stdout, r)
+		if err := writeJSON(a.stdout, r); err != nil {
+			return err
+		}
+	} else {
+		r.print(a.stdout)
 	}
-	r.print(a.stdout)
+	if nullable != nil {
+		return fmt.Errorf("plan: the run would refuse to start: %w", nullable)
+	}
+	return nil
+}
+
+// addUnreachable counts the rows with a NULL id, which the run's cursor
+// would never read, and records why the run refuses the table.
+func (r *planReport) addUnreachable(ctx context.Context, a *app, checked *batch.Checked, why error) error {
+	db, err := a.db(ctx)
+	if err != nil {
+		return err
+	}
+	c, err := census.NullIDs(ctx, db, checked.Table, checked.Old.ARN)
+	if err != nil {
+		return tempErr(fmt.Errorf("plan: %w", err))
+	}
+	r.Rows.Unreachable, r.Rows.UnreachableUnderOld = c.Rows, c.ByKey[checked.Old.ARN]
+	r.Refusals = append(r.Refusals, fmt.Sprintf("rows with a NULL id now: %s, under OLD: %s. %v",
+		num(c.Rows), num(r.Rows.UnreachableUnderOld), why))
 	return nil
 }
 
@@ -279,6 +317,9 @@ func (r *planReport) print(w io.Writer) {
 	fmt.Fprintf(tw, "  under NEW (skipped)\t%s\t\n", num(r.Rows.UnderNew))
 	fmt.Fprintf(tw, "  under other keys (left alone)\t%s\t\n", num(r.Rows.OtherKeys))
 	fmt.Fprintf(tw, "  NULL or unreadable (quarantined)\t%s\t  %s\n", num(r.Rows.Unreadable), classes(r.Unreadable))
+	if r.Rows.Unreachable > 0 {
+		fmt.Fprintf(tw, "  NULL id (the run cannot reach them)\t%s\t  %s under OLD\n", num(r.Rows.Unreachable), num(r.Rows.UnreachableUnderOld))
+	}
 	exact := "exact"
 	if !r.WrappedKeys.Exact {
 		exact = "estimated"
@@ -326,6 +367,12 @@ func (r *planReport) print(w io.Writer) {
 		fmt.Fprintf(w, "\nwarnings\n")
 		for _, s := range r.Warnings {
 			fmt.Fprintf(w, "  !   %s\n", s)
+		}
+	}
+	if len(r.Refusals) > 0 {
+		fmt.Fprintf(w, "\nthe run would refuse to start (exit 78)\n")
+		for _, s := range r.Refusals {
+			fmt.Fprintf(w, "  x   %s\n", s)
 		}
 	}
 	fmt.Fprintf(w, "\ncounted in %s; nothing was written.\n", human(seconds(r.ScanSeconds)))

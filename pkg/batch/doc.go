@@ -27,4 +27,14 @@
 //     and counted, and the cursor moves past them.
 //  8. No secrets leak: data keys are zeroed after use and redact themselves;
 //     errors carry row ids and classes only.
+//
+// A nil error from Run is half of the proof behind exit 0: Inspect refuses
+// an id column that allows NULL (the cursor never reads a NULL id), Run
+// fails transiently when it cannot read the finished pass's totals, and
+// after the last conflict retry only rows still under OLD count as
+// conflicted. The other half is the command's full recount of the rows
+// under OLD (package census), which this package cannot import.
+//
+// Ranges are cut at row positions up to exactPlanMaxRows, and above it at
+// quantiles of a page sample of the real ids (plan.go).
 package batch

@@ -148,7 +148,8 @@ type Summary struct {
 // Run joins the run, works ranges until the pass is complete or ctx is
 // cancelled, and returns what was done. Errors: ErrInterrupted on shutdown,
 // a *PartialError when rows were left behind, kmsclient.ErrKeyUnusable when a
-// key became unusable, checkpoint errors or transient errors otherwise.
+// key became unusable, checkpoint errors or transient errors otherwise (also
+// when the finished pass's totals cannot be read: nil is never a guess).
 func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	start := time.Now()
 	var dbStart time.Time
@@ -187,6 +188,10 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	}
 	if st, serr := e.store.Status(endCtx, run); serr == nil {
 		sum.PassAll = st
+	} else if err == nil {
+		// Without the pass's totals nothing proves that no row was
+		// quarantined or left conflicted: never success, a rerun reads them.
+		err = transient(fmt.Errorf("read the totals of the finished pass: %w", serr))
 	}
 	if err == nil && (sum.PassAll.Counts.Quarantined > 0 || sum.PassAll.Counts.Conflicted > 0) {
 		err = &PartialError{RunID: run.ID, Quarantined: sum.PassAll.Counts.Quarantined, Conflicted: sum.PassAll.Counts.Conflicted}

@@ -34,6 +34,7 @@ const (
 	outOtherKey
 	outQuarantine
 	outRotate
+	outConflict // still under OLD after the last conflict retry: not swapped
 )
 
 type result struct {
@@ -90,18 +91,14 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		}
 		rotateTook += time.Since(t0)
 		crashPoint("after_kms")
-		finalTry := attempt >= e.cfg.ConflictRetries
 		t0 = time.Now()
-		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, finalTry)
+		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, false)
 		if err != nil {
 			return false, err
 		}
 		commitTook += time.Since(t0)
 		total = total.Add(counts)
-		if len(conflicts) == 0 || finalTry {
-			if len(conflicts) > 0 {
-				log.Warn("rows kept changing under the live API; left for the next pass", "rows", len(conflicts))
-			}
+		if len(conflicts) == 0 {
 			break
 		}
 		// Rows the live API changed between our read and our write: read
@@ -114,6 +111,19 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
 			if err := e.advanceOnly(ctx, l, last, done); err != nil {
 				return false, err
+			}
+			break
+		}
+		if attempt >= e.cfg.ConflictRetries {
+			// No more swaps. Rows the API moved off OLD are counted as what
+			// they are now; only those still under OLD are left conflicted.
+			counts, left, err := e.commit(ctx, l, pending, e.settle(pending), last, done, true)
+			if err != nil {
+				return false, err
+			}
+			total = total.Add(counts)
+			if len(left) > 0 {
+				log.Warn("rows kept changing under the live API; left for the next pass", "rows", len(left))
 			}
 			break
 		}
@@ -136,6 +146,31 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	e.pages++
 	e.mu.Unlock()
 	return done, nil
+}
+
+// settle classifies rows re-read after the last conflict retry without
+// rotating them: those still under OLD become conflicts (the next pass takes
+// them), the others are counted as rotate would count them.
+func (e *Engine) settle(rows []row) []result {
+	res := make([]result, len(rows))
+	for i, r := range rows {
+		if r.token == nil {
+			res[i] = result{outcome: outQuarantine, class: "null_token"}
+			continue
+		}
+		env, err := envelope.Parse(r.token)
+		switch {
+		case err != nil:
+			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+		case env.KID == e.cfg.New.ARN:
+			res[i] = result{outcome: outSkip}
+		case env.KID == e.cfg.Old.ARN:
+			res[i] = result{outcome: outConflict}
+		default:
+			res[i] = result{outcome: outOtherKey}
+		}
+	}
+	return res
 }
 
 func (e *Engine) readPage(ctx context.Context, lower, upper *string) ([]row, error) {
@@ -353,16 +388,20 @@ func openClass(err error) string {
 
 // commit writes one page in one transaction: fence, compare-and-swap of the
 // rotated tokens with their audit rows, quarantine, checkpoint. It returns
-// the ids whose swap found a different token (changed by the live API). The
-// cursor moves to last only when there are no such rows, or on the final try.
+// the ids whose swap found a different token (changed by the live API), and
+// those of outConflict rows. The cursor moves to last only when there are no
+// such rows, or on the final try.
 func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, res []result,
 	last *string, done, finalTry bool) (checkpoint.Counts, []string, error) {
 	var c checkpoint.Counts
 	var ids []string
 	var olds, news [][]byte
 	var bad []checkpoint.Quarantined
+	var stale []string // outConflict rows
 	for i, r := range res {
 		switch r.outcome {
+		case outConflict:
+			stale = append(stale, rows[i].id)
 		case outSkip:
 			c.Skipped++
 		case outOtherKey:
@@ -433,6 +472,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 		}
 	}
 
+	conflicts = append(conflicts, stale...)
 	cursor, finished := last, done
 	if len(conflicts) > 0 && !finalTry {
 		cursor, finished = nil, false // stay before the changed rows until they are retried

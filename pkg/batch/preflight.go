@@ -24,7 +24,8 @@ type Checked struct {
 // table exist with usable columns; OLD and NEW resolve to two different,
 // enabled, symmetric keys; a seal/open round trip under NEW works; and (rekey)
 // the first rows under OLD actually open with this namespace. It writes
-// nothing.
+// nothing. When the only refusal is a NULL-able id column, it returns the
+// Checked along with the *NullableIDError.
 func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
 	if oldRef == "" || newRef == "" {
 		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
@@ -33,7 +34,8 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
 	}
 	t, err := Inspect(ctx, db, spec)
-	if err != nil {
+	var nullable *NullableIDError
+	if err != nil && !errors.As(err, &nullable) {
 		return nil, err
 	}
 	c := &Checked{Table: t}
@@ -53,6 +55,9 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 		if err := sampleOld(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
 			return nil, err
 		}
+	}
+	if nullable != nil {
+		return c, nullable // every other check passed: plan may still count the table
 	}
 	return c, nil
 }
@@ -150,7 +155,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 // from random pages (TABLESAMPLE SYSTEM, sized from the planner's row
 // estimate so that a huge table is not scanned).
 func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
-	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
+	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
 	if err != nil {
 		return nil, err
 	}
@@ -166,7 +171,7 @@ func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
 	if estimate > 0 {
 		percent = min(100, max(0.0001, 2000/estimate*100))
 	}
-	spread, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s TABLESAMPLE SYSTEM ($1) WHERE %[2]s IS NOT NULL LIMIT 200`,
+	spread, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s TABLESAMPLE SYSTEM ($1) WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`,
 		t.qid, t.qtoken, t.qname), percent)
 	if err != nil {
 		return nil, err

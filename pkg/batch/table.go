@@ -37,8 +37,10 @@ func (t *Table) QuotedName() string { return t.qname }
 func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 
 // Inspect checks that the configured tables and columns exist with the types
-// the engine needs, and refuses (ErrConfig) before any write otherwise. It
-// requires nothing to be created or migrated in the user's schema.
+// the engine needs, and refuses (ErrConfig) before any write otherwise. The
+// id column must be NOT NULL with a valid unique index (a primary key is
+// both): the keyset cursor reads every row only then. It requires nothing to
+// be created or migrated in the user's schema.
 func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
 	t := &Table{Spec: spec}
 	cols, err := columns(ctx, db, spec.Schema, spec.Name)
@@ -67,13 +69,13 @@ func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
 	t.qid = quote(spec.IDColumn)
 	t.qtoken = quote(spec.TokenColumn)
 
-	var unique bool
+	var unique, notNull bool
 	err = db.QueryRow(ctx, `
 		SELECT EXISTS (
 			SELECT 1 FROM pg_index i
-			JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-			WHERE i.indrelid = $1::regclass AND i.indisunique AND i.indnkeyatts = 1
-			  AND i.indpred IS NULL AND a.attname = $2)`, t.qname, spec.IDColumn).Scan(&unique)
+			WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum AND i.indisunique AND i.indisvalid
+			  AND i.indnkeyatts = 1 AND i.indpred IS NULL), a.attnotnull
+		FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attname = $2`, t.qname, spec.IDColumn).Scan(&unique, &notNull)
 	if err != nil {
 		return nil, fmt.Errorf("inspect indexes of %s: %w", t.Qualified(), err)
 	}
@@ -97,8 +99,30 @@ func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
 	}
 	t.qaudit = quote(spec.Schema, spec.AuditTable)
 	t.qauditID = quote(spec.AuditIDColumn)
+	if !notNull {
+		// Last, so that every other refusal comes first and t is complete.
+		return t, &NullableIDError{Table: t.Qualified(), Column: spec.IDColumn}
+	}
 	return t, nil
 }
+
+// NullableIDError refuses an id column that allows NULL: the keyset cursor
+// (id > $1) never reads a row whose id is NULL, so a run could exit 0 with
+// such a row still under OLD. It is ErrConfig. Inspect returns it with a
+// complete Table, so that plan can still count the table and show why.
+type NullableIDError struct {
+	Table  string // schema.table
+	Column string
+}
+
+func (e *NullableIDError) Error() string {
+	return fmt.Sprintf("id column %q of %s allows NULL: rows with a NULL id are never read by the keyset cursor "+
+		"and would stay under the old key; give every row an id and run ALTER TABLE %s ALTER COLUMN %s SET NOT NULL, "+
+		"or set ID_COLUMN to the primary key (reencrypt plan counts the rows with a NULL id)",
+		e.Column, e.Table, e.Table, quote(e.Column))
+}
+
+func (e *NullableIDError) Is(target error) bool { return target == ErrConfig }
 
 // columns maps column name to its SQL type for a table, or ErrConfig when the
 // table does not exist.

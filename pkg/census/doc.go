@@ -1,9 +1,10 @@
 // Package census reads a token table without changing it and says which KMS
 // key each row is under, by parsing the envelope's kid: no KMS call, no
 // write, no lock. plan, status, verify and the key registry use it to count
-// rows under OLD, under NEW, under other keys and unreadable, and the
-// registry uses it to refuse retiring or deleting a key that still protects
-// a row.
+// rows under OLD, under NEW, under other keys and unreadable, the registry
+// uses it to refuse retiring or deleting a key that still protects a row,
+// and run recounts the rows under OLD with it before exiting 0. The keyset
+// walk never reads a NULL id; NullIDs counts those rows for plan.
 //
 // Invariants:
 //

@@ -1,0 +1,13 @@
+package batch
+
+import (
+	"context"
+
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+)
+
+// PlanRangesAbove exposes planRangesAbove to the external tests: a small
+// table cut the way one above exactPlanMaxRows is.
+func PlanRangesAbove(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
+	return planRangesAbove(ctx, db, t, n, pageRows, exactMax)
+}
