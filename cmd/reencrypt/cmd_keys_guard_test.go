@@ -282,3 +282,47 @@ func TestKeysRunbookRegistry(t *testing.T) {
 		})
 	}
 }
+
+// TestRunPageWaitsForKeyLock: a page writing under NEW takes NEW's lock
+// shared, so while keys retire (or schedule-deletion) holds it exclusively
+// for NEW no page commits; the run goes on once it is released.
+func TestRunPageWaitsForKeyLock(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	ctx := context.Background()
+	o.Seed(20, o.Old, 2)
+	o.mustCode(o.cmd([]string{"keys", "begin"}), exitOK)
+
+	tx, err := o.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, checkpoint.KeyLockID(o.New.ARN)); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan opResult, 1)
+	go func() { done <- o.cmd([]string{"run"}, "RANGES=1") }()
+	lock := uint64(checkpoint.KeyLockID(o.New.ARN))
+	for {
+		select {
+		case r := <-done:
+			t.Fatalf("run finished while NEW's lock was held exclusively:\n%s", r)
+		case <-time.After(20 * time.Millisecond):
+		}
+		if o.int(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+			AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+			AND classid::bigint = $1 AND objid::bigint = $2`, int64(lock>>32), int64(lock&0xffffffff)) > 0 {
+			break
+		}
+	}
+	if n := o.KeyCounts()[o.New.ARN]; n != 0 {
+		t.Errorf("%d rows under NEW committed while its lock was held", n)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	o.mustCode(<-done, exitOK)
+	if n := o.KeyCounts()[o.New.ARN]; n != 20 {
+		t.Errorf("%d rows under NEW after the run, want 20", n)
+	}
+}
