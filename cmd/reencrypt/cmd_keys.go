@@ -222,9 +222,13 @@ func keysScheduleDeletion(ctx context.Context, a *app, reg *registry.Registry, r
 	if err != nil {
 		return err
 	}
-	aliases := keyAliases(ctx, api, reg, arn)
+	aliases, pointing := keyAliases(ctx, api, reg, arn)
 	reg.WithReport(func(u registry.Usage) {
 		fmt.Fprintf(a.stdout, "schedule-deletion of %s, pending %d days\naliases: %s\n", arn, days, aliases)
+		if pointing {
+			fmt.Fprintf(a.stdout, "WARNING: an alias still points at this key: clients configured with it write under it, "+
+				"and fail once the deletion is pending; move it first (runbook step 7)\n")
+		}
 		printUsage(a.stdout, u)
 	})
 	k, already, err := reg.ScheduleDeletion(ctx, api, arn, days, t)
@@ -270,8 +274,9 @@ func (a *app) keyTable() checkpoint.KeyTable {
 }
 
 // keyAliases names the aliases that point at arn now (ListAliases), and the
-// one the registry recorded; a failed lookup is said, not fatal.
-func keyAliases(ctx context.Context, api kmsclient.KMS, reg *registry.Registry, arn string) string {
+// one the registry recorded; a failed lookup is said, not fatal. pointing is
+// true when KMS named at least one.
+func keyAliases(ctx context.Context, api kmsclient.KMS, reg *registry.Registry, arn string) (desc string, pointing bool) {
 	var names []string
 	out, err := api.ListAliases(ctx, &kms.ListAliasesInput{KeyId: aws.String(arn)})
 	if err == nil {
@@ -279,21 +284,21 @@ func keyAliases(ctx context.Context, api kmsclient.KMS, reg *registry.Registry, 
 			names = append(names, aws.ToString(al.AliasName))
 		}
 	}
-	s := strings.Join(names, ", ")
+	desc = strings.Join(names, ", ")
 	switch {
 	case err != nil:
-		s = "unknown (ListAliases: " + err.Error() + ")"
-	case s == "":
-		s = "none now"
+		desc = "unknown (ListAliases: " + err.Error() + ")"
+	case desc == "":
+		desc = "none now"
 	}
 	if k, ok, gerr := reg.Get(ctx, arn); gerr == nil && ok {
 		if k.Alias != "" {
-			s += "; recorded in the registry as " + k.Alias
+			desc += "; recorded in the registry as " + k.Alias
 		} else if k.KeyID != arn {
-			s += "; recorded in the registry as " + k.KeyID
+			desc += "; recorded in the registry as " + k.KeyID
 		}
 	}
-	return s
+	return desc, len(names) > 0
 }
 
 // printUsage prints what the guard counted, table by table.

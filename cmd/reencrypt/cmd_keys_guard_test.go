@@ -326,3 +326,18 @@ func TestRunPageWaitsForKeyLock(t *testing.T) {
 		t.Errorf("%d rows under NEW after the run, want 20", n)
 	}
 }
+
+// TestKeysRecordedTableGone: a table recorded for the key that no longer
+// exists cannot be proved empty: retire is refused, naming it.
+func TestKeysRecordedTableGone(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.exec(`CREATE TABLE payment_methods_old (LIKE payment_methods INCLUDING ALL)`)
+	o.mustCode(o.cmd([]string{"keys", "begin"}, "TABLE=payment_methods_old"), exitOK)
+	o.Seed(10, o.Old, 2)
+	o.rotated()
+	o.exec(`DROP TABLE payment_methods_old`)
+	r := o.cmd([]string{"keys", "retire", "--key", o.Old.ARN})
+	if r.code != exitConfig || !strings.Contains(r.stderr, "public.payment_methods_old (recorded for this key) no longer exists") {
+		t.Errorf("retire with a recorded table gone: got exit %d, want %d naming it\n%s", r.code, exitConfig, r)
+	}
+}
