@@ -41,8 +41,8 @@ func (o *opEnv) sealKid(key kmsclient.Key, kid, namespace, id string) []byte {
 
 func newUUID(n int) string { return fmt.Sprintf("00000000-0000-4000-8000-%012d", n) }
 
-// retiredAfterRun begins the rotation, runs it to the end and checks OLD is
-// still rotating: what every guard test starts from.
+// rotated begins the rotation and runs it to the end: what most guard
+// tests start from.
 func (o *opEnv) rotated(extra ...string) {
 	o.t.Helper()
 	o.mustCode(o.cmd([]string{"keys", "begin"}, extra...), exitOK)
@@ -162,7 +162,9 @@ func TestKeysRetireConcurrentWrite(t *testing.T) {
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if !finished {
+	if finished {
+		t.Errorf("retire did not wait for the writer holding OLD's lock")
+	} else {
 		r = <-done
 	}
 	if r.code != exitConfig || !strings.Contains(r.stderr, "1 rows of public.payment_methods") {
@@ -339,5 +341,19 @@ func TestKeysRecordedTableGone(t *testing.T) {
 	r := o.cmd([]string{"keys", "retire", "--key", o.Old.ARN})
 	if r.code != exitConfig || !strings.Contains(r.stderr, "public.payment_methods_old (recorded for this key) no longer exists") {
 		t.Errorf("retire with a recorded table gone: got exit %d, want %d naming it\n%s", r.code, exitConfig, r)
+	}
+}
+
+// TestKeysRunbookRegistryEmpty: the runbook's table with no row yet: the
+// versions start the runbook's pattern, 'v1' then 'v2'.
+func TestKeysRunbookRegistryEmpty(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.exec(`CREATE TABLE token_encryption_keys (key_id text PRIMARY KEY, key_version text NOT NULL,
+		status text NOT NULL, algorithm text NOT NULL, provider text NOT NULL,
+		created_at timestamptz NOT NULL DEFAULT now(), retired_at timestamptz)`)
+	o.mustCode(o.cmd([]string{"keys", "begin"}), exitOK)
+	if n := o.int(`SELECT count(*) FROM token_encryption_keys WHERE (key_id, key_version, status) IN (($1, 'v1', 'rotating'), ($2, 'v2', 'active'))`,
+		o.Old.ARN, o.New.ARN); n != 2 {
+		t.Errorf("begin on the runbook's empty table: want OLD v1 rotating and NEW v2 active")
 	}
 }
