@@ -63,6 +63,8 @@ type Key struct {
 	RetiredAt           *time.Time `json:"retired_at,omitempty"`
 	DeletionScheduledAt *time.Time `json:"deletion_scheduled_at,omitempty"`
 	DeletionDate        *time.Time `json:"deletion_date,omitempty"`
+
+	unresolved error // why KeyID could not be resolved (not NotFound), if so
 }
 
 // Ref is a key as resolved from the configuration: its ARN, and the alias it
@@ -197,7 +199,8 @@ func selectList(cols map[string]string) string {
 }
 
 // load reads rows and resolves each key_id to the ARN it names. strict
-// makes a failed resolution an error; otherwise the row's ARN stays "".
+// makes a failed resolution an error; otherwise the row's ARN stays "" and
+// the error is kept on the row (see lookup).
 func (r *Registry) load(ctx context.Context, q batch.DB, cols map[string]string, strict bool, where string, args ...any) ([]Key, error) {
 	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s`, selectList(cols), r.qname, where), args...)
 	if err != nil {
@@ -219,10 +222,13 @@ func (r *Registry) load(ctx context.Context, q batch.DB, cols map[string]string,
 	}
 	for i := range out {
 		arn, _, err := r.res.ARN(ctx, out[i].KeyID)
-		if err != nil && strict {
-			return nil, fmt.Errorf("%s: key_id %q: %w", r.Qualified(), out[i].KeyID, err)
+		if err != nil {
+			err = fmt.Errorf("%s: key_id %q: %w", r.Qualified(), out[i].KeyID, err)
+			if strict {
+				return nil, err
+			}
 		}
-		out[i].ARN = arn
+		out[i].ARN, out[i].unresolved = arn, err
 	}
 	sort.SliceStable(out, func(i, j int) bool {
 		a, b := versionNumber(out[i].KeyVersion), versionNumber(out[j].KeyVersion)
@@ -253,12 +259,29 @@ func (r *Registry) Get(ctx context.Context, arn string) (Key, bool, error) {
 	if err != nil || cols == nil {
 		return Key{}, false, err
 	}
-	keys, err := r.load(ctx, r.db, cols, true, "")
+	keys, err := r.load(ctx, r.db, cols, false, "")
 	if err != nil {
 		return Key{}, false, err
 	}
-	k, err := r.find(keys, arn)
+	k, err := r.lookup(keys, arn)
 	return k, err == nil && k.KeyID != "", err
+}
+
+// lookup is find for retire and schedule-deletion: a row whose key_id KMS
+// would not resolve (access denied to an old key's alias) does not stop them
+// when another row names the key; with none, that error is returned.
+// (Begin stays strict: it must know every active or rotating row.)
+func (r *Registry) lookup(keys []Key, arn string) (Key, error) {
+	k, err := r.find(keys, arn)
+	if err != nil || k.KeyID != "" {
+		return k, err
+	}
+	for _, key := range keys {
+		if key.unresolved != nil {
+			return Key{}, key.unresolved
+		}
+	}
+	return Key{}, nil
 }
 
 // find returns the one row naming arn (a zero Key when none); two rows
