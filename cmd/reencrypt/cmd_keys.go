@@ -150,6 +150,11 @@ func keysBegin(ctx context.Context, a *app, reg *registry.Registry) error {
 	if old.ARN == nk.ARN {
 		return configError("OLD_KEY_ID %q and NEW_KEY_ID %q are the same KMS key %s", old.Ref, nk.Ref, old.ARN)
 	}
+	// A table that does not exist would be recorded, and then block retiring
+	// both keys: refuse it first (exit 78).
+	if _, err := a.inspectTable(ctx); err != nil {
+		return err
+	}
 	if err := a.recordKeyTable(ctx, old.ARN, nk.ARN); err != nil {
 		return err
 	}
