@@ -108,7 +108,16 @@ func TestKeysKidForms(t *testing.T) {
 	gone := fmt.Sprintf("alias/gone-%d", time.Now().UnixNano())
 	o.insertRow(newUUID(9), o.sealKid(o.Old, gone, "payment_methods", newUUID(9)))
 
+	// A kid KMS will not resolve (here: access denied) fails the check: no
+	// status change.
+	o.proxy.Set(kmsfault.Faults{Deny: []string{o.Old.Alias()}})
 	r := o.cmd([]string{"keys", "retire", "--key", o.Old.ARN})
+	o.proxy.Set(kmsfault.Faults{})
+	if r.code == exitOK || o.registry()[o.Old.ARN].Status != "rotating" {
+		t.Errorf("retire when a kid cannot be resolved: got exit %d, OLD %s; want a failure and no change\n%s", r.code, o.registry()[o.Old.ARN].Status, r)
+	}
+
+	r = o.cmd([]string{"keys", "retire", "--key", o.Old.ARN})
 	if r.code != exitConfig || !strings.Contains(r.stderr, "3 rows of public.payment_methods") {
 		t.Fatalf("retire with rows whose kid is OLD's key id, alias and alias ARN: got exit %d, want %d with 3 rows\n%s", r.code, exitConfig, r)
 	}
