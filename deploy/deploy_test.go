@@ -835,7 +835,10 @@ func TestIAMPolicies(t *testing.T) {
 		{"iam-policy-keys-admin.json", []grant{
 			{"kms:ScheduleKeyDeletion", oldKeyARN, true},
 			{"kms:DescribeKey", oldKeyARN, true},
+			{"kms:CancelKeyDeletion", oldKeyARN, true}, // rows appeared during the call: undo it
+			{"kms:EnableKey", oldKeyARN, true},
 			{"kms:ScheduleKeyDeletion", newKeyARN, false},
+			{"kms:CancelKeyDeletion", newKeyARN, false},
 			{"kms:DescribeKey", newKeyARN, false},
 			{"kms:Decrypt", oldKeyARN, false},
 			{"kms:GenerateDataKey", newKeyARN, false},

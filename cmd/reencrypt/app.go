@@ -27,7 +27,7 @@ import (
 const (
 	exitOK          = 0
 	exitInternal    = 1
-	exitQuarantined = 65 // EX_DATAERR: done, but rows were quarantined
+	exitQuarantined = 65 // EX_DATAERR: done, but rows were quarantined (run); verification failed (verify)
 	exitRetry       = 75 // EX_TEMPFAIL: worth a retry (database, KMS, signal, work left)
 	exitKeyUnusable = 77 // EX_NOPERM: a KMS key is disabled, pending deletion or denied
 	exitConfig      = 78 // EX_CONFIG: configuration refused before any write
@@ -123,7 +123,7 @@ func usage(w io.Writer) {
 		fmt.Fprintf(w, "  %-8s %s\n", n, commands[n].summary)
 	}
 	fmt.Fprintln(w, "\nEvery command takes the same configuration: environment variables, or the flags\nmirroring them. `reencrypt <command> --help` lists them with their defaults.")
-	fmt.Fprintln(w, "\nexit codes: 0 done; 65 done but rows quarantined (run), verification failed (verify), rows still under the key (keys);\n75 retry; 77 KMS key unusable; 78 configuration refused; 1 internal error")
+	fmt.Fprintln(w, "\nexit codes: 0 done; 65 done but rows quarantined (run), verification failed (verify);\n75 retry; 77 KMS key unusable; 78 configuration refused, rows still under the key (keys); 1 internal error")
 }
 
 func exitCode(err error) int {
@@ -145,7 +145,7 @@ func exitCode(err error) int {
 	case errors.Is(err, errVerifyFailed):
 		return exitQuarantined
 	case errors.Is(err, registry.ErrInUse): // keys retire / schedule-deletion: rows still under the key
-		return exitQuarantined
+		return exitConfig
 	case errors.Is(err, registry.ErrRefused): // keys: the registry's state forbids it
 		return exitConfig
 	}

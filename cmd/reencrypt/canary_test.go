@@ -213,7 +213,7 @@ wait:
 	}
 	o.mustCode(keep(o.cmd([]string{"verify", "--json"}, debug)), exitQuarantined)
 	o.mustCode(keep(o.cmd([]string{"verify", "--sample", "10"}, debug)), exitQuarantined)
-	o.mustCode(keep(o.cmd([]string{"keys", "retire", "--key", o.Old.Ref}, debug)), exitQuarantined)
+	o.mustCode(keep(o.cmd([]string{"keys", "retire", "--key", o.Old.Ref}, debug)), exitConfig)
 	o.mustCode(keep(o.cmd([]string{"keys", "--json"}, debug)), exitOK)
 
 	secrets := map[string][]byte{"canary": []byte(canary)}

@@ -9,6 +9,10 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/config"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/registry"
@@ -28,15 +32,20 @@ func init() {
 const keysUsage = `usage: reencrypt keys [list | begin | retire | schedule-deletion] [flags]
 
   list                                      the registry (default)
-  begin                                     OLD_KEY_ID → rotating, NEW_KEY_ID → active, in one transaction
-  retire --key K                            mark K retired; refused while any row is still under K
+  begin                                     OLD_KEY_ID → rotating, NEW_KEY_ID → active, in one transaction;
+                                            records TABLE under both keys
+  retire --key K                            mark K retired; refused (exit 78) while any row is still under K
+                                            in TABLE or in any table recorded for K
   schedule-deletion --key K --pending-days N
-                                            have KMS delete retired key K after N days (7..30);
-                                            refused unless K is retired and no row is under K
+                                            have KMS delete retired key K after N days (7..30, required);
+                                            prints the counts first; refused (exit 78) unless K is
+                                            retired and no row is under K
 
 The registry is the table token_encryption_keys in TABLE_SCHEMA, created on
-the first write. K is a key id, key ARN, alias name or alias ARN; the
-registry records keys by ARN.
+the first write (an existing one is used as it is, never altered). K is a key
+id, key ARN, alias name or alias ARN. Rows are under K when their kid names K
+by ARN, key id, alias or alias ARN (resolved with DescribeKey), or when a run
+from K quarantined them and their token does not name another key.
 `
 
 // cmdKeys dispatches the registry's sub-commands. Their flags, and every
@@ -61,7 +70,7 @@ func cmdKeys(ctx context.Context, a *app, args []string, jsonOut bool) error {
 	case "retire", "schedule-deletion":
 		key = fs.String("key", "", "the key: key id, key ARN, alias name or alias ARN (required)")
 		if action == "schedule-deletion" {
-			days = fs.Int("pending-days", 30, "days KMS waits before deleting the key (7..30); the deletion can be cancelled until then")
+			days = fs.Int("pending-days", 0, "days KMS waits before deleting the key, 7..30 (required); the deletion can be cancelled until then")
 		}
 	default:
 		fs.Usage()
@@ -82,11 +91,21 @@ func cmdKeys(ctx context.Context, a *app, args []string, jsonOut bool) error {
 	if key != nil && *key == "" {
 		return configError("keys %s needs --key (a key id, key ARN or alias)", action)
 	}
+	if days != nil && *days == 0 {
+		return configError("keys schedule-deletion needs --pending-days N (%d..%d): the days KMS waits before deleting the key; no default, the window is the operator's choice",
+			registry.MinPendingDays, registry.MaxPendingDays)
+	}
 	db, err := a.db(ctx)
 	if err != nil {
 		return err
 	}
-	reg := registry.New(db, a.cfg.TableSchema)
+	api, err := a.kms(ctx) // no call yet: DescribeKey only for key_ids and kids that are not ARNs
+	if err != nil {
+		return err
+	}
+	reg := registry.New(db, a.cfg.TableSchema).WithGuard(registry.Guard{
+		KMS: api, State: checkpoint.New(db, a.cfg.StateSchema), Namespace: a.cfg.Namespace,
+	})
 
 	switch action {
 	case "begin":
@@ -131,6 +150,14 @@ func keysBegin(ctx context.Context, a *app, reg *registry.Registry) error {
 	if old.ARN == nk.ARN {
 		return configError("OLD_KEY_ID %q and NEW_KEY_ID %q are the same KMS key %s", old.Ref, nk.Ref, old.ARN)
 	}
+	// A table that does not exist would be recorded, and then block retiring
+	// both keys: refuse it first (exit 78).
+	if _, err := a.inspectTable(ctx); err != nil {
+		return err
+	}
+	if err := a.recordKeyTable(ctx, old.ARN, nk.ARN); err != nil {
+		return err
+	}
 	changed, err := reg.Begin(ctx, registry.Ref{ARN: old.ARN, Alias: old.Alias()}, registry.Ref{ARN: nk.ARN, Alias: nk.Alias()})
 	if err != nil {
 		return err
@@ -166,10 +193,11 @@ func keysRetire(ctx context.Context, a *app, reg *registry.Registry, ref string)
 	if err != nil {
 		return err
 	}
+	reg.WithReport(func(u registry.Usage) { printUsage(a.stdout, u) })
 	k, already, err := reg.Retire(ctx, arn, t)
 	var inUse *registry.InUseError
 	if errors.As(err, &inUse) {
-		return fmt.Errorf("keys retire refused: %w; rotate them first (`reencrypt run`, then `reencrypt verify`)", err)
+		return fmt.Errorf("keys retire refused: %w; rotate them first (`reencrypt run` on each table named, then `reencrypt verify`)", err)
 	}
 	if err != nil {
 		return fmt.Errorf("keys retire: %w", err)
@@ -179,7 +207,7 @@ func keysRetire(ctx context.Context, a *app, reg *registry.Registry, ref string)
 		return nil
 	}
 	a.log.Info("key retired in the key registry", "key_arn", arn, "registry", reg.Qualified())
-	fmt.Fprintf(a.stdout, "retired %s: no row of %s is under it\n\n", arn, t.Qualified())
+	fmt.Fprintf(a.stdout, "retired %s: no row of the tables above is under it\n\n", arn)
 	return nil
 }
 
@@ -199,6 +227,15 @@ func keysScheduleDeletion(ctx context.Context, a *app, reg *registry.Registry, r
 	if err != nil {
 		return err
 	}
+	aliases, pointing := keyAliases(ctx, api, reg, arn)
+	reg.WithReport(func(u registry.Usage) {
+		fmt.Fprintf(a.stdout, "schedule-deletion of %s, pending %d days\naliases: %s\n", arn, days, aliases)
+		if pointing {
+			fmt.Fprintf(a.stdout, "WARNING: an alias still points at this key: clients configured with it write under it, "+
+				"and fail once the deletion is pending; move it first (runbook step 7)\n")
+		}
+		printUsage(a.stdout, u)
+	})
 	k, already, err := reg.ScheduleDeletion(ctx, api, arn, days, t)
 	var inUse *registry.InUseError
 	switch {
@@ -221,6 +258,77 @@ func keysScheduleDeletion(ctx context.Context, a *app, reg *registry.Registry, r
 	return nil
 }
 
+// recordKeyTable records the configured table under both keys in the state
+// schema (migrating it first), so that retire and schedule-deletion count it
+// whatever TABLE says then.
+func (a *app) recordKeyTable(ctx context.Context, arns ...string) error {
+	db, err := a.db(ctx)
+	if err != nil {
+		return err
+	}
+	store := checkpoint.New(db, a.cfg.StateSchema)
+	if err := store.Migrate(ctx); err != nil {
+		return err
+	}
+	return store.RecordKeyTable(ctx, a.keyTable(), arns...)
+}
+
+func (a *app) keyTable() checkpoint.KeyTable {
+	c := a.cfg
+	return checkpoint.KeyTable{Schema: c.TableSchema, Table: c.Table, TokenColumn: c.TokenColumn, IDColumn: c.IDColumn, Namespace: c.Namespace}
+}
+
+// keyAliases names the aliases that point at arn now (ListAliases), and the
+// one the registry recorded; a failed lookup is said, not fatal. pointing is
+// true when KMS named at least one.
+func keyAliases(ctx context.Context, api kmsclient.KMS, reg *registry.Registry, arn string) (desc string, pointing bool) {
+	var names []string
+	out, err := api.ListAliases(ctx, &kms.ListAliasesInput{KeyId: aws.String(arn)})
+	if err == nil {
+		for _, al := range out.Aliases {
+			names = append(names, aws.ToString(al.AliasName))
+		}
+	}
+	desc = strings.Join(names, ", ")
+	switch {
+	case err != nil:
+		desc = "unknown (ListAliases: " + err.Error() + ")"
+	case desc == "":
+		desc = "none now"
+	}
+	if k, ok, gerr := reg.Get(ctx, arn); gerr == nil && ok {
+		if k.Alias != "" {
+			desc += "; recorded in the registry as " + k.Alias
+		} else if k.KeyID != arn {
+			desc += "; recorded in the registry as " + k.KeyID
+		}
+	}
+	return desc, len(names) > 0
+}
+
+// printUsage prints what the guard counted, table by table.
+func printUsage(w io.Writer, u registry.Usage) {
+	fmt.Fprintf(w, "rows under %s, by table (%d counted):\n", u.KeyARN, len(u.Tables))
+	for _, t := range u.Tables {
+		var how []string
+		if t.Configured {
+			how = append(how, "configured")
+		}
+		if t.Recorded {
+			how = append(how, "recorded for the key")
+		}
+		switch {
+		case t.Missing:
+			fmt.Fprintf(w, "  %s.%s: MISSING (recorded, but the table or column is gone; cannot be proved empty)\n", t.Table, t.TokenColumn)
+		case t.Unlisted:
+			fmt.Fprintf(w, "  %s: %d quarantined rows from this key, UNREADABLE (no record of the table's columns)\n", t.Table, t.Quarantined)
+		default:
+			fmt.Fprintf(w, "  %s.%s (%s): %d rows under the key (%d quarantined); %d rows with a kid KMS does not know (unresolvable, not counted); %d rows read\n",
+				t.Table, t.TokenColumn, strings.Join(how, ", "), t.Rows, t.Quarantined, t.Unresolvable, t.Scanned)
+		}
+	}
+}
+
 func printKeys(w io.Writer, name string, exists bool, keys []registry.Key) {
 	if !exists {
 		fmt.Fprintf(w, "%s does not exist yet: `reencrypt keys begin` creates it\n", name)
@@ -234,7 +342,7 @@ func printKeys(w io.Writer, name string, exists bool, keys []registry.Key) {
 		if k.DeletionDate != nil || k.DeletionScheduledAt != nil {
 			del = "on " + shortTime(k.DeletionDate) + " (scheduled " + shortTime(k.DeletionScheduledAt) + ")"
 		}
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.KeyVersion, k.Status, k.KeyID, dash(k.Alias),
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.KeyVersion, k.Status, k.KeyID, dash(k.Alias),
 			dash(k.Algorithm), dash(k.Provider), shortTime(k.CreatedAt), shortTime(k.RetiredAt), del)
 	}
 	tw.Flush()

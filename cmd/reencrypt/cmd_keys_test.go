@@ -47,7 +47,7 @@ func TestKeysLifecycle(t *testing.T) {
 	if len(reg) != 2 || old.Status != registry.StatusRotating || nk.Status != registry.StatusActive {
 		t.Fatalf("after begin: %+v, want OLD rotating and NEW active", reg)
 	}
-	if old.KeyVersion != 1 || nk.KeyVersion != 2 || old.Alias != o.Old.Ref || nk.Alias != o.New.Ref ||
+	if old.KeyVersion != "1" || nk.KeyVersion != "2" || old.Alias != o.Old.Ref || nk.Alias != o.New.Ref ||
 		old.Algorithm != registry.Algorithm || old.Provider != registry.Provider || old.CreatedAt == nil {
 		t.Errorf("after begin: OLD %+v, NEW %+v", old, nk)
 	}
@@ -63,7 +63,7 @@ func TestKeysLifecycle(t *testing.T) {
 		code int
 		says string
 	}{
-		{"retire a key rows are under", []string{"keys", "retire", "--key", o.Old.Ref}, exitQuarantined, "300 rows of public.payment_methods are still under " + o.Old.ARN},
+		{"retire a key rows are under", []string{"keys", "retire", "--key", o.Old.Ref}, exitConfig, "still under " + o.Old.ARN + ": 300 rows of public.payment_methods"},
 		{"retire the active key", []string{"keys", "retire", "--key", o.New.ARN}, exitConfig, "is the active key"},
 		{"delete a rotating key", []string{"keys", "schedule-deletion", "--key", o.Old.ARN, "--pending-days", "7"}, exitConfig, "not retired"},
 		{"retire without --key", []string{"keys", "retire"}, exitConfig, "needs --key"},
@@ -101,7 +101,7 @@ func TestKeysLifecycle(t *testing.T) {
 	// The live API writes a row under the retired key: deletion is refused.
 	o.insertRow("00000000-0000-4000-8000-00000000abcd", o.seal(o.Old, "00000000-0000-4000-8000-00000000abcd", []byte("late writer")))
 	r = o.cmd([]string{"keys", "schedule-deletion", "--key", o.Old.ARN, "--pending-days", "7"})
-	if r.code != exitQuarantined || !strings.Contains(r.stderr, "1 rows of public.payment_methods are still under") {
+	if r.code != exitConfig || !strings.Contains(r.stderr, "1 rows of public.payment_methods") {
 		t.Errorf("delete a key a row is under: got exit %d\n%s", r.code, r)
 	}
 	if got := o.keyState(o.Old.ARN); got != "Enabled" {
@@ -158,8 +158,8 @@ func TestKeysRollbackAndThirdKey(t *testing.T) {
 }
 
 // TestKeysHandMadeRegistry: a registry the runbook created by hand, with only
-// its columns, is taken over (the missing columns added); one lacking a
-// runbook column is refused.
+// its columns, is used as it is (never altered: no alias column is added);
+// one lacking a runbook column is refused.
 func TestKeysHandMadeRegistry(t *testing.T) {
 	o := newOpEnv(t, "uuid")
 	o.exec(`CREATE TABLE token_encryption_keys (key_id text PRIMARY KEY, key_version int NOT NULL,
@@ -167,12 +167,12 @@ func TestKeysHandMadeRegistry(t *testing.T) {
 	o.exec(`INSERT INTO token_encryption_keys VALUES ($1, 7, 'active', 'AES-256-GCM', 'aws-kms', NULL)`, o.Old.ARN)
 	r := o.cmd([]string{"keys", "--json"})
 	o.mustCode(r, exitOK)
-	if k := opDecode[keysOutput](t, r).Keys; len(k) != 1 || k[0].KeyVersion != 7 || k[0].Alias != "" {
+	if k := opDecode[keysOutput](t, r).Keys; len(k) != 1 || k[0].KeyVersion != "7" || k[0].Alias != "" {
 		t.Errorf("list of a hand-made registry: %+v", k)
 	}
 	o.mustCode(o.cmd([]string{"keys", "begin"}), exitOK)
 	reg := o.registry()
-	if reg[o.Old.ARN].Status != registry.StatusRotating || reg[o.New.ARN].KeyVersion != 8 || reg[o.New.ARN].Alias != o.New.Ref {
+	if reg[o.Old.ARN].Status != registry.StatusRotating || reg[o.New.ARN].KeyVersion != "8" || reg[o.New.ARN].Alias != "" {
 		t.Errorf("begin on a hand-made registry: %+v", reg)
 	}
 

@@ -43,6 +43,11 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	if err := store.Migrate(ctx); err != nil {
 		return err
 	}
+	// Before the first write: the key-deletion guard counts this table for
+	// both keys from now on, whatever TABLE says when a key is retired.
+	if err := store.RecordKeyTable(ctx, a.keyTable(), checked.Old.ARN, checked.New.ARN); err != nil {
+		return err
+	}
 	stopMetrics, err := a.serveMetrics(ctx)
 	if err != nil {
 		return err

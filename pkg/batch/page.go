@@ -424,6 +424,9 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	if err := e.store.Fence(ctx, tx, l); err != nil {
 		return c, nil, err
 	}
+	if err := e.lockKey(ctx, tx); err != nil {
+		return c, nil, err
+	}
 
 	var conflicts []string
 	crashPoint("before_update")
@@ -511,6 +514,9 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	if err := e.store.Fence(ctx, tx, l); err != nil {
 		return err
 	}
+	if err := e.lockKey(ctx, tx); err != nil {
+		return err
+	}
 	if err := e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL); err != nil {
 		return err
 	}
@@ -518,6 +524,17 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	defer cancel()
 	if err := tx.Commit(cctx); err != nil {
 		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// lockKey takes NEW's advisory lock shared for the page transaction: keys
+// retire and schedule-deletion take it exclusive for the key they act on, so
+// a page writing under that key (a rollback run) cannot commit between their
+// count and their status change.
+func (e *Engine) lockKey(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, checkpoint.KeyLockID(e.cfg.New.ARN)); err != nil {
+		return fmt.Errorf("lock key %s: %w", e.cfg.New.ARN, err)
 	}
 	return nil
 }

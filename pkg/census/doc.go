@@ -12,7 +12,9 @@
 //     even a temporary table, so a dry run leaves the database as it was.
 //   - Bounded: rows are streamed in keyset pages (id > cursor ORDER BY id
 //     LIMIT n), one page in memory at a time, no transaction held across
-//     pages. Per-key counters are capped (MaxKeys); the distinct wrapped keys
+//     pages. Scan is the exception, for the key-deletion guard: one
+//     statement per table, streamed, so the table is read in one snapshot
+//     inside the guard's locked transaction. Per-key counters are capped (MaxKeys); the distinct wrapped keys
 //     of the focus key are counted exactly up to ExactDistinctLimit and
 //     estimated with a HyperLogLog sketch (about 1 % error, 16 KiB) above it.
 //   - Same words as the engine: unreadable rows are classed with

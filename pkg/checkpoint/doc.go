@@ -27,4 +27,10 @@
 //     transaction, the same one that rewrites the tokens and writes the audit
 //     rows, so all of them commit or none does.
 //   - The cursor only moves forward within a lease.
+//
+// key_tables records every token table a run (or `keys begin`) has seen for
+// a key, before its first write; the key-deletion guard (package registry)
+// counts in all of them. KeyLockID is the advisory lock id of a key: page
+// transactions take it shared for the key they write under, the guard
+// exclusive for the key it retires or deletes.
 package checkpoint

@@ -4,17 +4,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"sort"
+	"strconv"
 	"strings"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/kms"
-	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/aws/smithy-go"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
-	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
@@ -50,8 +49,12 @@ var (
 
 // Key is one row of the registry.
 type Key struct {
-	KeyID               string     `json:"key_id"` // the key ARN
-	KeyVersion          int64      `json:"key_version"`
+	KeyID string `json:"key_id"` // as stored: the key ARN, or (runbook rows) an alias or key id
+	// ARN is the key KeyID names ("" when KMS does not know it, or KMS was
+	// not asked): equal to KeyID for the rows this tool writes.
+	ARN string `json:"key_arn,omitempty"`
+	// KeyVersion is read as text: the runbook's table holds 'v1', 'v2', ...
+	KeyVersion          string     `json:"key_version"`
 	Status              string     `json:"status"`
 	Algorithm           string     `json:"algorithm"`
 	Provider            string     `json:"provider"`
@@ -60,6 +63,8 @@ type Key struct {
 	RetiredAt           *time.Time `json:"retired_at,omitempty"`
 	DeletionScheduledAt *time.Time `json:"deletion_scheduled_at,omitempty"`
 	DeletionDate        *time.Time `json:"deletion_date,omitempty"`
+
+	unresolved error // why KeyID could not be resolved (not NotFound), if so
 }
 
 // Ref is a key as resolved from the configuration: its ARN, and the alias it
@@ -74,11 +79,22 @@ type Registry struct {
 	db     batch.DB
 	schema string
 	qname  string
+	guard  Guard
+	res    *resolver
 }
 
 // New returns the registry in schema (the token table's schema).
 func New(db batch.DB, schema string) *Registry {
-	return &Registry{db: db, schema: schema, qname: pgx.Identifier{schema, Table}.Sanitize()}
+	return &Registry{db: db, schema: schema, qname: pgx.Identifier{schema, Table}.Sanitize(), res: newResolver(nil)}
+}
+
+// WithGuard sets what the key-deletion guard and the resolution of key_ids
+// that are not ARNs need. Without it, only ARNs resolve and only the
+// configured table is counted.
+func (r *Registry) WithGuard(g Guard) *Registry {
+	r.guard = g
+	r.res = newResolver(g.KMS)
+	return r
 }
 
 // Qualified is "schema.token_encryption_keys", for messages.
@@ -88,42 +104,38 @@ func refused(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrRefused, fmt.Sprintf(format, args...))
 }
 
-var (
-	required = []string{"key_id", "key_version", "status", "algorithm", "provider", "retired_at"}
-	optional = []struct{ name, ddl string }{
-		{"alias", "text"},
-		{"created_at", "timestamptz DEFAULT now()"},
-		{"deletion_scheduled_at", "timestamptz"},
-		{"deletion_date", "timestamptz"},
-	}
-)
+// required are the runbook's columns. The others this tool's own table has
+// (alias, deletion_scheduled_at, deletion_date) are used when present and
+// never added: the runbook's table is not altered.
+var required = []string{"key_id", "key_version", "status", "algorithm", "provider", "retired_at"}
 
-// columns returns the registry's column names, or nil when the table does
-// not exist.
-func (r *Registry) columns(ctx context.Context, q batch.DB) (map[string]bool, error) {
+// columns returns the registry's columns and their types, or nil when the
+// table does not exist.
+func (r *Registry) columns(ctx context.Context, q batch.DB) (map[string]string, error) {
 	rows, err := q.Query(ctx, `
-		SELECT attname FROM pg_attribute
+		SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 		WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped`, r.qname)
 	if err != nil {
 		return nil, fmt.Errorf("inspect %s: %w", r.Qualified(), err)
 	}
 	defer rows.Close()
-	var cols map[string]bool
+	var cols map[string]string
 	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
+		var name, typ string
+		if err := rows.Scan(&name, &typ); err != nil {
 			return nil, err
 		}
 		if cols == nil {
-			cols = map[string]bool{}
+			cols = map[string]string{}
 		}
-		cols[name] = true
+		cols[name] = typ
 	}
 	return cols, rows.Err()
 }
 
-// ensure creates the table if absent, or checks a hand-made one and adds
-// the optional columns it lacks. It runs inside the writer's transaction.
+// ensure creates the table if absent, or checks that an existing one has the
+// runbook's columns. It never alters an existing table. It runs inside the
+// writer's transaction.
 func (r *Registry) ensure(ctx context.Context, tx pgx.Tx) error {
 	// CREATE ... IF NOT EXISTS races on the catalog between two callers.
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock(hashtext('reencrypt.registry'))`); err != nil {
@@ -156,27 +168,13 @@ func (r *Registry) ensure(ctx context.Context, tx pgx.Tx) error {
 	}
 	var missing []string
 	for _, c := range required {
-		if !cols[c] {
+		if _, ok := cols[c]; !ok {
 			missing = append(missing, c)
 		}
 	}
 	if len(missing) > 0 {
 		return refused("%s exists but has no column %s; the registry needs %s",
 			r.Qualified(), strings.Join(missing, ", "), strings.Join(required, ", "))
-	}
-	for _, c := range optional {
-		if cols[c.name] {
-			continue
-		}
-		// Only when missing: ALTER TABLE takes an exclusive lock, and the live
-		// API may read this table. lock_timeout keeps a queue from forming.
-		if _, err := tx.Exec(ctx, `SET LOCAL lock_timeout = '5s'`); err != nil {
-			return err
-		}
-		if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER TABLE %s ADD COLUMN IF NOT EXISTS %s %s`,
-			r.qname, pgx.Identifier{c.name}.Sanitize(), c.ddl)); err != nil {
-			return fmt.Errorf("add column %s to %s: %w", c.name, r.Qualified(), err)
-		}
 	}
 	return nil
 }
@@ -187,64 +185,130 @@ type txDB struct{ pgx.Tx }
 func (t txDB) Begin(ctx context.Context) (pgx.Tx, error) { return t.Tx.Begin(ctx) }
 
 // selectList reads every column, NULL for the optional ones a hand-made
-// table does not have (list never alters the table).
-func selectList(cols map[string]bool) string {
+// table does not have.
+func selectList(cols map[string]string) string {
 	opt := func(name, typ string) string {
-		if cols[name] {
+		if _, ok := cols[name]; ok {
 			return pgx.Identifier{name}.Sanitize() + "::" + typ
 		}
 		return "NULL::" + typ
 	}
-	return strings.Join([]string{"key_id::text", "key_version::bigint", "status::text", "coalesce(algorithm::text, '')",
+	return strings.Join([]string{"key_id::text", "coalesce(key_version::text, '')", "status::text", "coalesce(algorithm::text, '')",
 		"coalesce(provider::text, '')", "coalesce(" + opt("alias", "text") + ", '')", opt("created_at", "timestamptz"),
 		"retired_at::timestamptz", opt("deletion_scheduled_at", "timestamptz"), opt("deletion_date", "timestamptz")}, ", ")
 }
 
-func (r *Registry) load(ctx context.Context, q batch.DB, cols map[string]bool, where string, args ...any) ([]Key, error) {
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s ORDER BY key_version, key_id`, selectList(cols), r.qname, where), args...)
+// load reads rows and resolves each key_id to the ARN it names. strict
+// makes a failed resolution an error; otherwise the row's ARN stays "" and
+// the error is kept on the row (see lookup).
+func (r *Registry) load(ctx context.Context, q batch.DB, cols map[string]string, strict bool, where string, args ...any) ([]Key, error) {
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s`, selectList(cols), r.qname, where), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", r.Qualified(), err)
 	}
-	defer rows.Close()
 	var out []Key
 	for rows.Next() {
 		var k Key
 		if err := rows.Scan(&k.KeyID, &k.KeyVersion, &k.Status, &k.Algorithm, &k.Provider, &k.Alias,
 			&k.CreatedAt, &k.RetiredAt, &k.DeletionScheduledAt, &k.DeletionDate); err != nil {
+			rows.Close()
 			return nil, fmt.Errorf("read %s: %w", r.Qualified(), err)
 		}
 		out = append(out, k)
 	}
-	return out, rows.Err()
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %s: %w", r.Qualified(), err)
+	}
+	for i := range out {
+		arn, _, err := r.res.ARN(ctx, out[i].KeyID)
+		if err != nil {
+			err = fmt.Errorf("%s: key_id %q: %w", r.Qualified(), out[i].KeyID, err)
+			if strict {
+				return nil, err
+			}
+		}
+		out[i].ARN, out[i].unresolved = arn, err
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		a, b := versionNumber(out[i].KeyVersion), versionNumber(out[j].KeyVersion)
+		if a != b {
+			return a < b
+		}
+		return out[i].KeyID < out[j].KeyID
+	})
+	return out, nil
 }
 
 // List returns every key, oldest version first. exists is false (and the
 // list empty) when the table has not been created yet: List never creates it.
+// A key_id KMS cannot resolve now is listed with an empty ARN.
 func (r *Registry) List(ctx context.Context) (keys []Key, exists bool, err error) {
 	cols, err := r.columns(ctx, r.db)
 	if err != nil || cols == nil {
 		return nil, false, err
 	}
-	keys, err = r.load(ctx, r.db, cols, "")
+	keys, err = r.load(ctx, r.db, cols, false, "")
 	return keys, true, err
 }
 
-// Get returns one key by ARN.
+// Get returns the row naming the key arn (by ARN, key id or an alias that
+// points at it today).
 func (r *Registry) Get(ctx context.Context, arn string) (Key, bool, error) {
 	cols, err := r.columns(ctx, r.db)
 	if err != nil || cols == nil {
 		return Key{}, false, err
 	}
-	keys, err := r.load(ctx, r.db, cols, "WHERE key_id = $1", arn)
-	if err != nil || len(keys) == 0 {
+	keys, err := r.load(ctx, r.db, cols, false, "")
+	if err != nil {
 		return Key{}, false, err
 	}
-	return keys[0], true, nil
+	k, err := r.lookup(keys, arn)
+	return k, err == nil && k.KeyID != "", err
+}
+
+// lookup is find for retire and schedule-deletion: a row whose key_id KMS
+// would not resolve (access denied to an old key's alias) does not stop them
+// when another row names the key; with none, that error is returned.
+// (Begin stays strict: it must know every active or rotating row.)
+func (r *Registry) lookup(keys []Key, arn string) (Key, error) {
+	k, err := r.find(keys, arn)
+	if err != nil || k.KeyID != "" {
+		return k, err
+	}
+	for _, key := range keys {
+		if key.unresolved != nil {
+			return Key{}, key.unresolved
+		}
+	}
+	return Key{}, nil
+}
+
+// find returns the one row naming arn (a zero Key when none); two rows
+// naming the same key are refused rather than guessed between.
+func (r *Registry) find(keys []Key, arn string) (Key, error) {
+	var found []Key
+	for _, k := range keys {
+		if k.ARN == arn {
+			found = append(found, k)
+		}
+	}
+	switch len(found) {
+	case 0:
+		return Key{}, nil
+	case 1:
+		return found[0], nil
+	}
+	ids := make([]string, len(found))
+	for i, k := range found {
+		ids[i] = fmt.Sprintf("%q (version %s, %s)", k.KeyID, k.KeyVersion, k.Status)
+	}
+	return Key{}, refused("%s has %d rows naming key %s: %s; keep one of them", r.Qualified(), len(found), arn, strings.Join(ids, ", "))
 }
 
 // Begin records the start of a rotation from old to new in one transaction:
 // old becomes rotating and new active, each inserted (with the next
-// key_version) when not yet recorded. It is idempotent, and it also records
+// key_version) when no row names it yet. It is idempotent, and it also records
 // a rollback (the same call with the keys swapped). It refuses when a key is
 // retired or when a third key is active or rotating (another rotation is in
 // flight). changed is false when the registry already said so.
@@ -264,59 +328,88 @@ func (r *Registry) Begin(ctx context.Context, old, new Ref) (changed bool, err e
 		if err != nil {
 			return err
 		}
-		keys, err := r.load(ctx, txDB{tx}, cols, "")
+		keys, err := r.load(ctx, txDB{tx}, cols, true, "")
 		if err != nil {
 			return err
 		}
-		var o, n *Key
-		var maxVersion int64
-		for i := range keys {
-			k := &keys[i]
-			maxVersion = max(maxVersion, k.KeyVersion)
-			switch k.KeyID {
-			case old.ARN:
-				o = k
-			case new.ARN:
-				n = k
-			default:
-				if k.Status == StatusActive || k.Status == StatusRotating {
-					return refused("%s is %s in %s, and it is neither OLD_KEY_ID (%s) nor NEW_KEY_ID (%s): "+
-						"finish that rotation (keys retire) or set OLD_KEY_ID to the active key", k.KeyID, k.Status, r.Qualified(), old.ARN, new.ARN)
-				}
+		o, err := r.find(keys, old.ARN)
+		if err != nil {
+			return err
+		}
+		n, err := r.find(keys, new.ARN)
+		if err != nil {
+			return err
+		}
+		for _, k := range keys {
+			if k.ARN != old.ARN && k.ARN != new.ARN && (k.Status == StatusActive || k.Status == StatusRotating) {
+				return refused("%s is %s in %s, and it is neither OLD_KEY_ID (%s) nor NEW_KEY_ID (%s): "+
+					"finish that rotation (keys retire) or set OLD_KEY_ID to the active key", k.KeyID, k.Status, r.Qualified(), old.ARN, new.ARN)
 			}
 		}
-		if o != nil && o.Status == StatusRetired {
+		if o.Status == StatusRetired {
 			return refused("OLD_KEY_ID %s is retired: a rotation starts from the active key", old.ARN)
 		}
-		if n != nil && n.Status == StatusRetired {
+		if n.Status == StatusRetired {
 			return refused("NEW_KEY_ID %s is retired: a retired key is not made active again", new.ARN)
 		}
-		if o != nil && o.Status == StatusRotating && n != nil && n.Status == StatusActive {
+		if o.Status == StatusRotating && n.Status == StatusActive {
 			return nil // already begun
 		}
 		changed = true
+		w := writer{r: r, tx: tx, cols: cols, keys: keys}
 		// OLD first: at most one key is active at any moment.
-		if o == nil {
-			maxVersion++
-			if err := r.insert(ctx, tx, cols, old, maxVersion, StatusRotating); err != nil {
-				return err
-			}
-		} else if err := r.setStatus(ctx, tx, cols, old, StatusRotating); err != nil {
+		if err := w.mark(ctx, o, old, StatusRotating); err != nil {
 			return err
 		}
-		if n == nil {
-			maxVersion++
-			return r.insert(ctx, tx, cols, new, maxVersion, StatusActive)
-		}
-		return r.setStatus(ctx, tx, cols, new, StatusActive)
+		return w.mark(ctx, n, new, StatusActive)
 	})
 	return changed, err
 }
 
-func (r *Registry) insert(ctx context.Context, tx pgx.Tx, cols map[string]bool, k Ref, version int64, status string) error {
+// writer writes Begin's rows with the columns and the patterns the table
+// already has.
+type writer struct {
+	r    *Registry
+	tx   pgx.Tx
+	cols map[string]string
+	keys []Key
+}
+
+// mark sets the status of the row naming ref (row, when it exists) or
+// inserts one with the next version. A row that named the key by alias or
+// key id gets its key ARN as key_id: the runbook's switch step moves the
+// alias to NEW, after which the alias would name the wrong key.
+func (w *writer) mark(ctx context.Context, row Key, ref Ref, status string) error {
+	if row.KeyID == "" {
+		return w.insert(ctx, ref, status)
+	}
+	set := []string{"status = $2", "key_id = $3"}
+	args := []any{row.KeyID, status, ref.ARN}
+	if _, ok := w.cols["alias"]; ok {
+		alias := ref.Alias
+		if alias == "" && !IsKeyARN(row.KeyID) && strings.Contains(row.KeyID, "alias/") {
+			alias = row.KeyID
+		}
+		set = append(set, "alias = coalesce($4, alias)")
+		args = append(args, nullIfEmpty(alias))
+	}
+	_, err := w.tx.Exec(ctx, fmt.Sprintf(`UPDATE %s SET %s WHERE key_id = $1`, w.r.qname, strings.Join(set, ", ")), args...)
+	if err != nil {
+		return fmt.Errorf("mark %s %s: %w", ref.ARN, status, err)
+	}
+	return nil
+}
+
+func (w *writer) insert(ctx context.Context, k Ref, status string) error {
+	versions := make([]string, len(w.keys))
+	for i, key := range w.keys {
+		versions[i] = key.KeyVersion
+	}
+	version := NextVersion(versions, isTextType(w.cols["key_version"]))
 	names := []string{"key_id", "key_version", "status", "algorithm", "provider"}
-	args := []any{k.ARN, version, status, Algorithm, Provider}
-	if cols["alias"] {
+	args := []any{k.ARN, version, status, w.pattern(func(k Key) string { return k.Algorithm }, Algorithm),
+		w.pattern(func(k Key) string { return k.Provider }, Provider)}
+	if _, ok := w.cols["alias"]; ok {
 		names = append(names, "alias")
 		args = append(args, nullIfEmpty(k.Alias))
 	}
@@ -324,25 +417,78 @@ func (r *Registry) insert(ctx context.Context, tx pgx.Tx, cols map[string]bool, 
 	for i := range ph {
 		ph[i] = fmt.Sprintf("$%d", i+1)
 	}
-	_, err := tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (%s) VALUES (%s)`, r.qname, strings.Join(names, ", "), strings.Join(ph, ", ")), args...)
+	// The version is sent as text and cast to the column's own type.
+	ph[1] = "$2::text::" + w.cols["key_version"]
+	_, err := w.tx.Exec(ctx, fmt.Sprintf(`INSERT INTO %s (%s) VALUES (%s)`, w.r.qname, strings.Join(names, ", "), strings.Join(ph, ", ")), args...)
 	if err != nil {
 		return fmt.Errorf("record %s as %s: %w", k.ARN, status, err)
 	}
+	w.keys = append(w.keys, Key{KeyID: k.ARN, ARN: k.ARN, KeyVersion: version, Status: status})
 	return nil
 }
 
-func (r *Registry) setStatus(ctx context.Context, tx pgx.Tx, cols map[string]bool, k Ref, status string) error {
-	var err error
-	if cols["alias"] {
-		_, err = tx.Exec(ctx, fmt.Sprintf(`UPDATE %s SET status = $2, alias = coalesce($3, alias) WHERE key_id = $1`, r.qname),
-			k.ARN, status, nullIfEmpty(k.Alias))
-	} else {
-		_, err = tx.Exec(ctx, fmt.Sprintf(`UPDATE %s SET status = $2 WHERE key_id = $1`, r.qname), k.ARN, status)
+// pattern returns the value the existing rows agree on (the runbook writes
+// provider 'aws_kms'), or def when they are none or disagree.
+func (w *writer) pattern(field func(Key) string, def string) string {
+	v := ""
+	for _, k := range w.keys {
+		switch f := field(k); {
+		case f == "":
+		case v == "":
+			v = f
+		case v != f:
+			return def
+		}
 	}
+	if v == "" {
+		return def
+	}
+	return v
+}
+
+var versionRE = regexp.MustCompile(`^(.*?)([0-9]+)$`)
+
+// versionNumber is the trailing number of a version ("v12" → 12), -1 when
+// there is none.
+func versionNumber(v string) int64 {
+	m := versionRE.FindStringSubmatch(strings.TrimSpace(v))
+	if m == nil {
+		return -1
+	}
+	n, err := strconv.ParseInt(m[2], 10, 64)
 	if err != nil {
-		return fmt.Errorf("mark %s %s: %w", k.ARN, status, err)
+		return -1
 	}
-	return nil
+	return n
+}
+
+// NextVersion continues the versions' pattern: the version with the
+// highest trailing number gives the prefix, and the number goes up by one
+// (1, 2 → 3; 'v1', 'v2' → 'v3'; 'key-7' → 'key-8'). Versions with no
+// trailing number are ignored. With none to continue, it is 1, or 'v1' in
+// a text column (the runbook's pattern).
+func NextVersion(versions []string, text bool) string {
+	best, prefix := int64(-1), ""
+	for _, v := range versions {
+		m := versionRE.FindStringSubmatch(strings.TrimSpace(v))
+		if m == nil {
+			continue
+		}
+		if n := versionNumber(v); n > best {
+			best, prefix = n, m[1]
+		}
+	}
+	if best < 0 {
+		if text {
+			return "v1"
+		}
+		return "1"
+	}
+	return prefix + strconv.FormatInt(best+1, 10)
+}
+
+func isTextType(t string) bool {
+	return t == "text" || strings.HasPrefix(t, "character")
 }
 
 func nullIfEmpty(s string) *string {
@@ -350,122 +496,6 @@ func nullIfEmpty(s string) *string {
 		return nil
 	}
 	return &s
-}
-
-// InUseError says how many rows are still under a key.
-type InUseError struct {
-	KeyARN string
-	Table  string
-	Rows   int64
-}
-
-func (e *InUseError) Error() string {
-	return fmt.Sprintf("%d rows of %s are still under %s", e.Rows, e.Table, e.KeyARN)
-}
-
-func (e *InUseError) Is(target error) bool { return target == ErrInUse }
-
-// checkUnused counts the rows of t under arn (every envelope parsed) and
-// returns an *InUseError when there is any.
-func checkUnused(ctx context.Context, db batch.DB, t *batch.Table, arn string) error {
-	n, err := census.RowsUnder(ctx, db, t, arn)
-	if err != nil {
-		return fmt.Errorf("count rows under %s: %w", arn, err)
-	}
-	if n > 0 {
-		return &InUseError{KeyARN: arn, Table: t.Qualified(), Rows: n}
-	}
-	return nil
-}
-
-// Retire marks a rotating key retired, after checking that no row of t is
-// under it. already is true when it was retired before.
-func (r *Registry) Retire(ctx context.Context, arn string, t *batch.Table) (k Key, already bool, err error) {
-	k, ok, err := r.Get(ctx, arn)
-	switch {
-	case err != nil:
-		return k, false, err
-	case !ok:
-		return k, false, refused("%s is not in %s (keys begin records it)", arn, r.Qualified())
-	case k.Status == StatusRetired:
-		return k, true, nil
-	case k.Status == StatusActive:
-		return k, false, refused("%s is the active key: begin a rotation away from it, run it, then retire it", arn)
-	case k.Status != StatusRotating:
-		return k, false, refused("%s has status %q; only a rotating key is retired", arn, k.Status)
-	}
-	if err := checkUnused(ctx, r.db, t, arn); err != nil {
-		return k, false, err
-	}
-	err = pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error {
-		if err := r.ensure(ctx, tx); err != nil {
-			return err
-		}
-		tag, err := tx.Exec(ctx, fmt.Sprintf(`UPDATE %s SET status = 'retired', retired_at = now() WHERE key_id = $1 AND status = 'rotating'`, r.qname), arn)
-		if err != nil {
-			return fmt.Errorf("retire %s: %w", arn, err)
-		}
-		if tag.RowsAffected() != 1 {
-			return refused("%s changed status meanwhile; look again with keys list", arn)
-		}
-		return nil
-	})
-	if err != nil {
-		return k, false, err
-	}
-	k, _, err = r.Get(ctx, arn)
-	return k, false, err
-}
-
-// ScheduleDeletion asks KMS to delete a retired key after pendingDays (7 to
-// 30), after checking again that no row of t is under it, and records it.
-// A key KMS already has pending deletion is recorded, not scheduled again;
-// already is true then.
-func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn string, pendingDays int, t *batch.Table) (k Key, already bool, err error) {
-	if pendingDays < MinPendingDays || pendingDays > MaxPendingDays {
-		return k, false, refused("--pending-days %d: KMS accepts %d to %d", pendingDays, MinPendingDays, MaxPendingDays)
-	}
-	k, ok, err := r.Get(ctx, arn)
-	switch {
-	case err != nil:
-		return k, false, err
-	case !ok:
-		return k, false, refused("%s is not in %s; only a retired key may be deleted", arn, r.Qualified())
-	case k.Status != StatusRetired:
-		return k, false, refused("%s is %s, not retired: retire it first (keys retire), which checks no row is under it", arn, k.Status)
-	}
-	if err := checkUnused(ctx, r.db, t, arn); err != nil {
-		return k, false, err
-	}
-	if err := pgx.BeginFunc(ctx, r.db, func(tx pgx.Tx) error { return r.ensure(ctx, tx) }); err != nil {
-		return k, false, err
-	}
-	desc, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(arn)})
-	if err != nil {
-		return k, false, kmsError("DescribeKey", arn, err)
-	}
-	var when *time.Time
-	if md := desc.KeyMetadata; md != nil && md.KeyState == types.KeyStatePendingDeletion {
-		already, when = true, md.DeletionDate
-	} else {
-		out, err := api.ScheduleKeyDeletion(ctx, &kms.ScheduleKeyDeletionInput{
-			KeyId: aws.String(arn), PendingWindowInDays: aws.Int32(int32(pendingDays)),
-		})
-		if err != nil {
-			return k, false, kmsError("ScheduleKeyDeletion", arn, err)
-		}
-		when = out.DeletionDate
-	}
-	// Recorded even when the key was already pending: the KMS call may have
-	// succeeded before a failed registry write.
-	_, err = r.db.Exec(ctx, fmt.Sprintf(`
-		UPDATE %s SET deletion_scheduled_at = coalesce(deletion_scheduled_at, now()), deletion_date = $2
-		WHERE key_id = $1`, r.qname), arn, when)
-	if err != nil {
-		return k, already, fmt.Errorf("record deletion of %s (KMS has scheduled it): %w", arn, err)
-	}
-	k, _, err = r.Get(ctx, arn)
-	return k, already, err
 }
 
 // kmsError classifies a KMS failure the way kmsclient does, so that

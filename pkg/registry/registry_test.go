@@ -3,11 +3,17 @@ package registry_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
+
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/registry"
 )
 
@@ -108,5 +114,47 @@ func TestRetireAndDeletionRefusals(t *testing.T) {
 	e.Seed(1, e.Old, 1)
 	if _, _, err := reg.ScheduleDeletion(ctx, e.API, e.Old.ARN, 7, tbl); !errors.Is(err, registry.ErrInUse) {
 		t.Errorf("delete a key a row is under: %v, want ErrInUse", err)
+	}
+}
+
+// lateWriter is KMS that lets the live API write a row under the key while
+// ScheduleKeyDeletion is in flight (a writer that takes no lock).
+type lateWriter struct {
+	kmsclient.KMS
+	write func()
+}
+
+func (l lateWriter) ScheduleKeyDeletion(ctx context.Context, in *kms.ScheduleKeyDeletionInput, optFns ...func(*kms.Options)) (*kms.ScheduleKeyDeletionOutput, error) {
+	l.write()
+	return l.KMS.ScheduleKeyDeletion(ctx, in, optFns...)
+}
+
+// TestScheduleDeletionCancelledWhenRowsAppear: schedule-deletion counts
+// again after the KMS call; a row written meanwhile makes it cancel the
+// deletion (the key enabled again) and leave the registry as it was.
+func TestScheduleDeletionCancelledWhenRowsAppear(t *testing.T) {
+	e, reg, tbl := setup(t)
+	ctx := context.Background()
+	if _, err := reg.Begin(ctx, registry.Ref{ARN: e.Old.ARN}, registry.Ref{ARN: e.New.ARN}); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := reg.Retire(ctx, e.Old.ARN, tbl); err != nil {
+		t.Fatal(err)
+	}
+	api := lateWriter{KMS: e.API, write: func() { e.Seed(1, e.Old, 1) }}
+	_, _, err := reg.ScheduleDeletion(ctx, api, e.Old.ARN, 7, tbl)
+	if !errors.Is(err, registry.ErrInUse) || !strings.Contains(err.Error(), "cancelled") {
+		t.Errorf("rows appeared during ScheduleKeyDeletion: %v, want ErrInUse saying the deletion is cancelled", err)
+	}
+	out, derr := e.API.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(e.Old.ARN)})
+	if derr != nil {
+		t.Fatal(derr)
+	}
+	if s := out.KeyMetadata.KeyState; s != types.KeyStateEnabled {
+		t.Errorf("after the cancelled deletion the key is %s, want Enabled", s)
+	}
+	k, _, gerr := reg.Get(ctx, e.Old.ARN)
+	if gerr != nil || k.DeletionDate != nil || k.DeletionScheduledAt != nil || k.Status != registry.StatusRetired {
+		t.Errorf("registry after the cancelled deletion: %+v %v", k, gerr)
 	}
 }
