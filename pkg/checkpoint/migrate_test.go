@@ -173,3 +173,26 @@ func TestMigrateAdoptsRelease1Schema(t *testing.T) {
 		t.Fatalf("after migration: %d rotated in %d ranges, want 100 in 2", rotated, ranges)
 	}
 }
+
+// Every pod of a Job migrates at start, at the same moment.
+func TestMigrateConcurrently(t *testing.T) {
+	ctx := context.Background()
+	dsn := testbed.Database(t)
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			p, err := pgxpool.New(ctx, dsn)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer p.Close()
+			errs <- checkpoint.New(p, "reencrypt").Migrate(ctx)
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent migrate: %v", err)
+		}
+	}
+}

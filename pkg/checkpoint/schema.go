@@ -64,7 +64,18 @@ func (s *Store) Migrate(ctx context.Context) error {
 	return migrateOn(ctx, conn, s.name, s.schema)
 }
 
+// schemaLock serialises the pods that check for and create the schema at
+// the same moment: CREATE SCHEMA IF NOT EXISTS alone races on the catalog
+// (23505 on pg_namespace_nspname_index), and tern's own lock comes later.
+const schemaLock = "reencrypt.state_schema"
+
 func migrateOn(ctx context.Context, conn *pgx.Conn, name, quoted string) error {
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_advisory_lock(pg_catalog.hashtext($1))`, schemaLock); err != nil {
+		return fmt.Errorf("lock state schema %s: %w", name, err)
+	}
+	defer func() {
+		_, _ = conn.Exec(context.WithoutCancel(ctx), `SELECT pg_catalog.pg_advisory_unlock(pg_catalog.hashtext($1))`, schemaLock)
+	}()
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace WHERE nspname = $1)`, name).Scan(&exists); err != nil {
 		return fmt.Errorf("look up state schema %s: %w", name, err)
