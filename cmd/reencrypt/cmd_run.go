@@ -8,6 +8,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
 func init() {
@@ -87,16 +88,16 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	if runErr != nil {
 		return runErr
 	}
-	return a.recountOld(ctx, db, checked)
+	return a.recountOld(ctx, db, checked, kmsclient.NewKidResolver(kc.API()).ARN)
 }
 
 // recountOld is the proof behind exit 0: after the pass, every row of the
 // table is read again and its envelope parsed, and not one may be under
 // OLD. The live API still writing under OLD puts rows behind the cursor
 // that the pass cannot see; they are counted here, and a rerun takes them.
-func (a *app) recountOld(ctx context.Context, db census.Querier, checked *batch.Checked) error {
+func (a *app) recountOld(ctx context.Context, db census.Querier, checked *batch.Checked, keyOf census.KeyOf) error {
 	start := time.Now()
-	n, err := census.RowsUnder(ctx, db, checked.Table, checked.Old.ARN)
+	n, err := census.RowsUnder(ctx, db, checked.Table, checked.Old.ARN, keyOf)
 	if err != nil {
 		return tempErr(fmt.Errorf("recount the rows under the old key after the pass: %w", err))
 	}

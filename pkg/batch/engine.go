@@ -104,6 +104,7 @@ type Engine struct {
 	db      DB
 	store   *checkpoint.Store
 	kms     *kmsclient.Client
+	kids    *kmsclient.KidResolver // kids that are key ids or aliases
 	log     *slog.Logger
 	metrics *metrics.Metrics
 	sql     statements
@@ -124,7 +125,7 @@ func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log 
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	return &Engine{cfg: cfg, db: db, store: store, kms: kms, log: log, metrics: m, sql: newStatements(cfg.Table)}, nil
+	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table)}, nil
 }
 
 // Spec is the run this engine works on.

@@ -117,7 +117,11 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		if attempt >= e.cfg.ConflictRetries {
 			// No more swaps. Rows the API moved off OLD are counted as what
 			// they are now; only those still under OLD are left conflicted.
-			counts, left, err := e.commit(ctx, l, pending, e.settle(pending), last, done, true)
+			settled, err := e.settle(ctx, pending)
+			if err != nil {
+				return false, err
+			}
+			counts, left, err := e.commit(ctx, l, pending, settled, last, done, true)
 			if err != nil {
 				return false, err
 			}
@@ -151,7 +155,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 // settle classifies rows re-read after the last conflict retry without
 // rotating them: those still under OLD become conflicts (the next pass takes
 // them), the others are counted as rotate would count them.
-func (e *Engine) settle(rows []row) []result {
+func (e *Engine) settle(ctx context.Context, rows []row) ([]result, error) {
 	res := make([]result, len(rows))
 	for i, r := range rows {
 		if r.token == nil {
@@ -159,18 +163,23 @@ func (e *Engine) settle(rows []row) []result {
 			continue
 		}
 		env, err := envelope.Parse(r.token)
+		if err != nil {
+			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+			continue
+		}
+		kid, err := e.keyOf(ctx, env.KID)
 		switch {
 		case err != nil:
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
-		case env.KID == e.cfg.New.ARN:
+			return nil, err
+		case kid == e.cfg.New.ARN:
 			res[i] = result{outcome: outSkip}
-		case env.KID == e.cfg.Old.ARN:
+		case kid == e.cfg.Old.ARN:
 			res[i] = result{outcome: outConflict}
 		default:
 			res[i] = result{outcome: outOtherKey}
 		}
 	}
-	return res
+	return res, nil
 }
 
 func (e *Engine) readPage(ctx context.Context, lower, upper *string) ([]row, error) {
@@ -220,7 +229,11 @@ func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Seale
 			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
 			continue
 		}
-		switch env.KID {
+		kid, err := e.keyOf(ctx, env.KID)
+		if err != nil {
+			return nil, err
+		}
+		switch kid {
 		case e.cfg.New.ARN:
 			res[i] = result{outcome: outSkip}
 		case e.cfg.Old.ARN:
@@ -281,6 +294,20 @@ func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Seale
 		return nil, err
 	}
 	return res, nil
+}
+
+// keyOf is the ARN of the key a kid names: the kid itself when it is a key
+// ARN (what this tool writes), else what KMS says a key id or alias names
+// ("" for none this identity can see).
+func (e *Engine) keyOf(ctx context.Context, kid string) (string, error) {
+	if kid == e.cfg.Old.ARN || kid == e.cfg.New.ARN || kmsclient.IsKeyARN(kid) {
+		return kid, nil
+	}
+	arn, err := e.kids.ARN(ctx, kid)
+	if err != nil {
+		return "", fmt.Errorf("resolve kid %q: %w", kid, err)
+	}
+	return arn, nil
 }
 
 func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {

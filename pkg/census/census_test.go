@@ -113,7 +113,7 @@ func TestCount(t *testing.T) {
 	if progress != int(c.Pages) || c.Pages != 14 {
 		t.Errorf("progress called %d times for %d pages, want 14", progress, c.Pages)
 	}
-	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN)
+	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, nil)
 	if err != nil || n != 66 {
 		t.Errorf("RowsUnder NEW: %d, %v; want 66", n, err)
 	}

@@ -6,6 +6,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
 // MaxKeys is how many distinct kids a Census names, besides the ones it was
@@ -161,10 +162,34 @@ func Count(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize i
 	return c.Census(), err
 }
 
-// RowsUnder counts the rows of the whole table under the key ARN.
-func RowsUnder(ctx context.Context, db Querier, t *batch.Table, keyARN string) (int64, error) {
-	c, err := Count(ctx, db, t, Bounds{}, 0, "", []string{keyARN}, nil)
-	return c.ByKey[keyARN], err
+// KeyOf names the key ARN a kid refers to; kmsclient.KidResolver.ARN fits.
+type KeyOf func(ctx context.Context, kid string) (string, error)
+
+// RowsUnder counts the rows of the whole table under the key ARN, every
+// envelope parsed. A kid that is not a key ARN (a key id or an alias a
+// writer recorded) is resolved with keyOf; nil compares kids as they are.
+func RowsUnder(ctx context.Context, db Querier, t *batch.Table, keyARN string, keyOf KeyOf) (int64, error) {
+	var n int64
+	err := Walk(ctx, db, t, Bounds{}, 0, func(page []Row) error {
+		for _, r := range page {
+			env, _ := Inspect(r.Token)
+			if env == nil {
+				continue
+			}
+			kid := env.KID
+			if keyOf != nil && kid != keyARN && !kmsclient.IsKeyARN(kid) {
+				var err error
+				if kid, err = keyOf(ctx, kid); err != nil {
+					return err
+				}
+			}
+			if kid == keyARN {
+				n++
+			}
+		}
+		return nil
+	})
+	return n, err
 }
 
 // hashSeed is per process: the hashes never leave memory, so they need not
