@@ -1,4 +1,4 @@
-package main
+package cli
 
 // Tests of `reencrypt run` as a separate process: the binary TestMain built,
 // against the test's own database and the shared local-kms, configured only
