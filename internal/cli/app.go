@@ -70,6 +70,7 @@ type app struct {
 	pool   *pgxpool.Pool
 	kmsAPI kmsclient.KMS
 	budget *kmsclient.Budget
+	cache  *kmsclient.Cache // one per process; purged by close
 
 	hooks batch.Hooks // installed by a test-only main; nil in production
 }
@@ -214,7 +215,10 @@ func (a *app) client(ctx context.Context) (*kmsclient.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return kmsclient.NewClient(api, a.cfg.Namespace, kmsclient.NewCache(a.cfg.DEKCacheSize, a.cfg.DEKCacheTTL)), nil
+	if a.cache == nil {
+		a.cache = kmsclient.NewCache(a.cfg.DEKCacheSize, a.cfg.DEKCacheTTL)
+	}
+	return kmsclient.NewClient(api, a.cfg.Namespace, a.cache), nil
 }
 
 func (a *app) tableSpec() batch.TableSpec {
@@ -229,6 +233,7 @@ func (a *app) owner() string {
 }
 
 func (a *app) close() {
+	a.cache.Purge() // zero the plaintext keys now, not at their expiry
 	if a.pool != nil {
 		a.pool.Close()
 	}

@@ -245,7 +245,8 @@ func (r *planReport) addUnreachable(ctx context.Context, a *app, checked *batch.
 
 // kmsCalls estimates the KMS requests of the whole Job from the census of
 // the rows under OLD, the way the engine spends them: rekey unwraps each
-// distinct wrapped key once (the data-key cache carries it across pages) and
+// distinct wrapped key once or twice (the data-key cache carries it across
+// pages once it is seen to be shared) and
 // generates one data key per page that holds rows under OLD; rewrap re-wraps
 // each distinct wrapped key of each page (ReEncrypt results are not cached).
 // Range boundaries split pages, hence up to one more page per range.
@@ -259,6 +260,12 @@ func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys) kmsCallPlan {
 			k.ReEncrypt = f.PerPageDistinct
 		default:
 			k.Decrypt = f.Distinct
+			if f.PerPageDistinct > f.Distinct {
+				// Keys shared across pages: the cache keeps a key one row of a
+				// page needs only once it comes back (kmsclient.Cache), so
+				// such a key may cost two Decrypts. An upper bound.
+				k.Decrypt = min(f.PerPageDistinct, 2*f.Distinct)
+			}
 			if cfg.DEKCacheSize == 0 {
 				k.Decrypt = f.PerPageDistinct
 			}

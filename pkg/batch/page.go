@@ -320,7 +320,7 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 // it under the page's data key, checking each result opens again.
 func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
 	rows []row, envs []*envelope.Envelope, res []result) error {
-	dek, err := e.kms.Decrypt(ctx, e.cfg.Old.ARN, wdek)
+	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
