@@ -40,6 +40,12 @@ func TestDataKeyCacheResidency(t *testing.T) {
 			defer cache.Purge()
 			var held atomic.Int64
 			api := &countingKMS{KMS: e.API}
+			// As the CLI does: the preflight and the engine share the cache.
+			kc := kmsclient.NewClient(api, fixture.Namespace, cache)
+			if _, err := batch.Preflight(context.Background(), e.DB, kc, e.Spec(), e.Old.Ref, e.New.Ref, fixture.Namespace, batch.Rekey); err != nil {
+				t.Fatalf("preflight: %v", err)
+			}
+			api.decrypt.Store(0)
 			sum, err := rotate(t, e, runOpts{batch: 100, api: api, cache: cache, hooks: batch.Hooks{
 				AfterCommit: func(context.Context) {
 					for n := int64(cache.Len()); ; {

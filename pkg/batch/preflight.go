@@ -31,6 +31,9 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 	if oldRef == "" || newRef == "" {
 		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
 	}
+	// The probes go around the data-key cache: a sampled key met again by
+	// the run would otherwise look shared and stay in memory.
+	kc = kmsclient.NewClient(kc.API(), namespace, nil)
 	if err := db.QueryRow(ctx, `SELECT 1`).Scan(new(int)); err != nil {
 		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
 	}
