@@ -2,14 +2,17 @@ package kmsclient
 
 import (
 	"bytes"
+	"sync/atomic"
 	"testing"
 	"time"
 )
 
 func TestCacheBoundsAndClears(t *testing.T) {
 	c := NewCache(2, time.Minute)
-	now := time.Unix(1000, 0)
-	c.now = func() time.Time { return now }
+	defer c.Purge()
+	var now atomic.Int64 // the sweeper reads the clock too
+	now.Store(time.Unix(1000, 0).UnixNano())
+	c.now = func() time.Time { return time.Unix(0, now.Load()) }
 	key := func(b byte) DataKey { return DataKey(bytes.Repeat([]byte{b}, 32)) }
 
 	c.put("arn", []byte("w1"), key(1))
@@ -37,7 +40,7 @@ func TestCacheBoundsAndClears(t *testing.T) {
 		t.Fatalf("cache hit across key ARNs")
 	}
 	// Age limit: expired entries are dropped and zeroed.
-	now = now.Add(2 * time.Minute)
+	now.Add(int64(2 * time.Minute))
 	if _, ok := c.get("arn", []byte("w2")); ok {
 		t.Fatalf("expired entry returned")
 	}
