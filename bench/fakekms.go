@@ -107,6 +107,21 @@ func (f *fakeKMS) ReEncrypt(_ context.Context, in *kms.ReEncryptInput, _ ...func
 		CiphertextBlob: f.wrap(to, in.DestinationEncryptionContext, dek)}, nil
 }
 
+// The key-administration calls are never made by the engine.
+var errUnsupported = errors.New("fake kms: key administration is not supported")
+
 func (f *fakeKMS) ScheduleKeyDeletion(context.Context, *kms.ScheduleKeyDeletionInput, ...func(*kms.Options)) (*kms.ScheduleKeyDeletionOutput, error) {
-	return nil, errors.New("fake kms: ScheduleKeyDeletion is not supported")
+	return nil, errUnsupported
+}
+
+func (f *fakeKMS) CancelKeyDeletion(context.Context, *kms.CancelKeyDeletionInput, ...func(*kms.Options)) (*kms.CancelKeyDeletionOutput, error) {
+	return nil, errUnsupported
+}
+
+func (f *fakeKMS) EnableKey(context.Context, *kms.EnableKeyInput, ...func(*kms.Options)) (*kms.EnableKeyOutput, error) {
+	return nil, errUnsupported
+}
+
+func (f *fakeKMS) ListAliases(context.Context, *kms.ListAliasesInput, ...func(*kms.Options)) (*kms.ListAliasesOutput, error) {
+	return nil, errUnsupported
 }
