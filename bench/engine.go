@@ -240,10 +240,10 @@ func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode strin
 
 // runEngineInProcess runs pkg/batch's engine in this process, configured as
 // cmd/reencrypt would configure it from the same variables (no preflight:
-// the keys are already resolved). transform, when set, is the benchmark
-// seam that replaces KMS and AES (the Postgres ceiling).
+// the keys are already resolved). api, when set, replaces the KMS client
+// (the Postgres ceiling runs against fakeKMS).
 func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK kmsclient.Key, mode batch.Mode,
-	transform batch.TransformFunc) (*engineRun, error) {
+	api kmsclient.KMS) (*engineRun, error) {
 	r := &engineRun{}
 	cfg := b.cfg
 	pc, err := pgxpool.ParseConfig(dbURL)
@@ -259,13 +259,16 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 	defer pool.Close()
 
 	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
-	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget})
-	if err != nil {
-		return nil, err
+	if api == nil {
+		if api, err = kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget}); err != nil {
+			return nil, err
+		}
 	}
-	kc := kmsclient.NewClient(api, cfg.Namespace, kmsclient.NewCache(cfg.DEKCacheSize, cfg.DEKCacheTTL))
+	cache := kmsclient.NewCache(cfg.DEKCacheSize, cfg.DEKCacheTTL)
+	defer cache.Purge()
+	kc := kmsclient.NewClient(api, cfg.Namespace, cache)
 	workers := cfg.KMSConcurrency
-	if transform == nil && workers == 0 {
+	if workers == 0 {
 		lat, err := batch.RoundTrip(ctx, kc, newK.ARN, cfg.Namespace)
 		if err != nil {
 			return nil, err
@@ -292,7 +295,6 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 		BatchSize: cfg.BatchSize, Workers: max(workers, 1), RangeWorkers: cfg.RangeWorkers,
 		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
 		StopGrace: cfg.StopGrace, Owner: fmt.Sprintf("%s/%d/bench", host, os.Getpid()),
-		Transform: transform,
 	}, pool, store, kc, log, nil)
 	if err != nil {
 		return nil, err

@@ -3,7 +3,7 @@
 // and in alternating order over several rounds, each on a fresh copy of the
 // same seeded table:
 //
-//	pg-ceiling   the engine's own write path with KMS and AES replaced by a byte copy
+//	pg-ceiling   the engine's own path in process against an instant fake KMS (fakekms.go)
 //	kms-ceiling  KMS Decrypt (and ReEncrypt) operations per second at the engine's concurrency
 //	naive        one row at a time: read, Decrypt + GenerateDataKey, one transaction per row
 //	rekey        `reencrypt run` MODE=rekey on legacy data (one data key per row)

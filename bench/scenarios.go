@@ -195,8 +195,11 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		return r, b.kmsCeiling(ctx, r)
 	}
 	tpl := b.tplLegacy
-	if sc == scSecond {
+	switch sc {
+	case scSecond:
 		tpl = b.tplSecond
+	case scPG:
+		tpl = b.tplFake
 	}
 	name := b.dbName(fmt.Sprintf("r%d_%s", round, sc))
 	dbURL, err := b.createDB(ctx, name, tpl)
@@ -215,9 +218,8 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	var run *engineRun
 	switch sc {
 	case scPG:
-		copyToken := func(_ string, tok []byte) ([]byte, error) { return append([]byte(nil), tok...), nil }
-		run, err = b.runEngineInProcess(ctx, dbURL, old, nw, batch.Rekey, copyToken)
-		want = expect{under: map[string]int64{old.ARN: n}, audit: n}
+		run, err = b.runEngineInProcess(ctx, dbURL, old, nw, batch.Rekey, b.fake)
+		want = expect{under: map[string]int64{nw.ARN: n}, audit: n, kc: b.fakeKC}
 	case scNaive:
 		err = b.naive(ctx, dbURL, r)
 		want = expect{under: map[string]int64{nw.ARN: r.Rows}, audit: r.Rows}
@@ -312,8 +314,8 @@ func (b *bench) checkKMS(r *Result) []string {
 			bad("rekey: %v for %d rows in %d pages, want Decrypt in [rows, rows+4], GenerateDataKey <= pages+1", k, rows, pages)
 		}
 	case scRewrap: // one ReEncrypt per row, nothing else but preflight
-		if k["ReEncrypt"] != rows || k["Decrypt"] > 1 || k["GenerateDataKey"] > 1 {
-			bad("rewrap: %v for %d rows, want ReEncrypt = rows, Decrypt <= 1, GenerateDataKey <= 1", k, rows)
+		if k["ReEncrypt"] != rows+1 || k["Decrypt"] > 1 || k["GenerateDataKey"] > 1 {
+			bad("rewrap: %v for %d rows, want ReEncrypt = rows + 1 (the preflight's NAMESPACE check), Decrypt <= 1, GenerateDataKey <= 1", k, rows)
 		}
 	case scSecond: // one Decrypt and one GenerateDataKey per page, every page full
 		// Ranges are cut at row positions in whole pages, so the first
@@ -529,14 +531,14 @@ func (b *bench) profile(ctx context.Context) error {
 	for _, sc := range b.o.only {
 		var oldK, newK = b.keys[0], b.keys[1]
 		mode, tpl := batch.Rekey, b.tplLegacy
-		var tf batch.TransformFunc
+		var api kmsclient.KMS
 		switch sc {
 		case scRewrap:
 			mode = batch.Rewrap
 		case scSecond:
 			oldK, newK, tpl = b.keys[1], b.keys[2], b.tplSecond
 		case scPG:
-			tf = func(_ string, tok []byte) ([]byte, error) { return append([]byte(nil), tok...), nil }
+			api, tpl = b.fake, b.tplFake
 		case scRekey:
 		case scKMS:
 			path := strings.TrimSuffix(b.o.cpuProfile, ".pprof") + "." + sc + ".pprof"
@@ -577,7 +579,7 @@ func (b *bench) profile(ctx context.Context) error {
 			return err
 		}
 		cpu0 := takeCPU()
-		run, err := b.runEngineInProcess(ctx, dbURL, oldK, newK, mode, tf)
+		run, err := b.runEngineInProcess(ctx, dbURL, oldK, newK, mode, api)
 		cpu := takeCPU().sub(cpu0)
 		pprof.StopCPUProfile()
 		f.Close()

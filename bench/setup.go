@@ -67,6 +67,10 @@ type bench struct {
 	wdeks     [][]byte // legacy wrapped data keys, for the KMS ceiling
 	dbs       []string // databases to drop at the end
 
+	tplFake string            // legacy data wrapped by fake (the Postgres ceiling)
+	fake    *fakeKMS          // instant in-process KMS
+	fakeKC  *kmsclient.Client // on fake, no cache
+
 	setupInfo map[string]any
 	log       io.Writer
 }
@@ -188,6 +192,8 @@ func (b *bench) startKMS(ctx context.Context) error {
 		}
 	}
 	b.adminKC = kmsclient.NewClient(b.admin, namespace, nil)
+	b.fake = newFakeKMS()
+	b.fakeKC = kmsclient.NewClient(b.fake, namespace, nil)
 	if o.proxy {
 		p, err := kmsfault.Start(b.upstream)
 		if err != nil {
@@ -421,7 +427,40 @@ func (b *bench) seedTemplates(ctx context.Context) error {
 			return err
 		}
 	}
+	if b.needs(scPG) {
+		if err := b.seedFakeTemplate(ctx); err != nil {
+			return err
+		}
+	}
 	return b.freeze(ctx, b.tplLegacy)
+}
+
+// seedFakeTemplate makes the Postgres ceiling's template: the legacy data
+// (same rows, one data key per row, kid OLD), wrapped by the fake KMS.
+func (b *bench) seedFakeTemplate(ctx context.Context) error {
+	b.tplFake = b.dbName("tpl_fake")
+	u, err := b.createDB(ctx, b.tplFake, "")
+	if err != nil {
+		return err
+	}
+	pool, err := pgxpool.New(ctx, u)
+	if err != nil {
+		return err
+	}
+	defer pool.Close()
+	if err := seed.Schema(ctx, pool, "public", "uuid"); err != nil {
+		return err
+	}
+	b.logf("seeding %d legacy tokens under OLD through the fake KMS (Postgres ceiling) ...", b.o.rows)
+	if _, err := seed.Seed(ctx, pool, b.fakeKC, seed.Options{Rows: b.o.rows, KeyARN: b.keys[0].ARN,
+		Namespace: namespace, RowsPerKey: 1, Workers: 16}); err != nil {
+		return fmt.Errorf("seed (fake kms): %w", err)
+	}
+	if _, err := pool.Exec(ctx, `VACUUM (ANALYZE) payment_methods`); err != nil {
+		return err
+	}
+	pool.Close()
+	return b.freeze(ctx, b.tplFake)
 }
 
 // close drops this invocation's databases and stops what setup started.

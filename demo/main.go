@@ -108,8 +108,8 @@ func demo(ctx context.Context, rows int, mode string, keep bool) error {
 	}
 
 	step(fmt.Sprintf("seeding %d tokens under OLD, one data key per token (a legacy writer)", rows))
-	if code, err := reencrypt("seed", "--rows", fmt.Sprint(rows), "--key", oldAlias); err != nil || code != 0 {
-		return fmt.Errorf("seed exited %d: %v (log: %s)", code, err, tail(logPath))
+	if err := seedDemo(ctx, dbURL, kmsSrv, oldAlias, rows); err != nil {
+		return fmt.Errorf("seed: %w", err)
 	}
 
 	for _, sub := range optional(bin, "plan") {
@@ -192,7 +192,9 @@ func check(ctx context.Context, dbURL string, kmsSrv *testbed.KMSServer, newAlia
 	if err != nil {
 		return 0, err
 	}
-	kc := kmsclient.NewClient(api, "payment_methods", kmsclient.NewCache(4096, time.Hour))
+	cache := kmsclient.NewCache(4096, time.Hour)
+	defer cache.Purge()
+	kc := kmsclient.NewClient(api, "payment_methods", cache)
 	rs, err := db.Query(ctx, `SELECT id::text, encrypted_token FROM payment_methods ORDER BY id`)
 	if err != nil {
 		return 0, err
@@ -247,4 +249,33 @@ func tail(path string) string {
 		b = b[len(b)-2000:]
 	}
 	return string(b)
+}
+
+// seedDemo creates the reference schema and seals rows demo tokens under
+// the key keyRef, one data key per token (a legacy writer). Seeding is the
+// demo's own work (package internal/seed): the reencrypt binary cannot seed.
+func seedDemo(ctx context.Context, dbURL string, kmsSrv *testbed.KMSServer, keyRef string, rows int) error {
+	db, err := pgxpool.New(ctx, dbURL)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	api, err := kmsSrv.Client(ctx)
+	if err != nil {
+		return err
+	}
+	key, err := kmsclient.Resolve(ctx, api, keyRef)
+	if err != nil {
+		return err
+	}
+	if err := seed.Schema(ctx, db, "public", "uuid"); err != nil {
+		return err
+	}
+	start := time.Now()
+	if _, err := seed.Seed(ctx, db, kmsclient.NewClient(api, "payment_methods", nil),
+		seed.Options{Rows: rows, KeyARN: key.ARN, Namespace: "payment_methods", RowsPerKey: 1}); err != nil {
+		return err
+	}
+	fmt.Printf("     seeded %d tokens under %s in %s\n", rows, key.ARN, time.Since(start).Round(time.Millisecond))
+	return nil
 }

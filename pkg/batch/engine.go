@@ -50,9 +50,7 @@ type Config struct {
 	ConflictRetries int           // re-reads of rows the live API changed (3)
 	Owner           string        // this process in leases and logs
 
-	// Transform, benchmarks only (see bench_seam.go), replaces KMS and AES
-	// with a function of the old token. Leave it nil.
-	Transform TransformFunc
+	Hooks Hooks // tests only (see hooks.go); nil in production
 }
 
 func (c Config) withDefaults() Config {

@@ -56,6 +56,8 @@ type runOpts struct {
 	db           batch.DB         // default: a pool of the engine's own, closed after the run
 	metrics      *metrics.Metrics // default: a throwaway set
 	logs         io.Writer        // default: the test log when -v
+	cache        *kmsclient.Cache // default: 1024 keys for a minute, purged after the run
+	hooks        batch.Hooks
 	ctx          context.Context
 }
 
@@ -91,12 +93,15 @@ func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 		return batch.Summary{}, fmt.Errorf("test set-up: migrate: %w", err)
 	}
 	store := checkpoint.New(o.db, "reencrypt")
-	cache := kmsclient.NewCache(1024, time.Minute)
-	defer cache.Purge()
+	cache := o.cache
+	if cache == nil {
+		cache = kmsclient.NewCache(1024, time.Minute)
+		defer cache.Purge()
+	}
 	kc := kmsclient.NewClient(o.api, fixture.Namespace, cache)
 	eng, err := batch.New(batch.Config{Table: table, Old: o.old, New: o.new, Mode: o.mode,
 		BatchSize: o.batch, LeaseTTL: o.lease, Owner: o.owner, Ranges: o.ranges, Workers: 8,
-		RangeWorkers: o.rangeWorkers, StopGrace: time.Second, ConflictRetries: o.conflicts},
+		RangeWorkers: o.rangeWorkers, StopGrace: time.Second, ConflictRetries: o.conflicts, Hooks: o.hooks},
 		o.db, store, kc, slog.New(slog.NewJSONHandler(o.logs, nil)), o.metrics)
 	if err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: engine: %w", err)

@@ -90,7 +90,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 			return false, err
 		}
 		rotateTook += time.Since(t0)
-		crashPoint("after_kms")
+		hook(ctx, e.cfg.Hooks.AfterRotate)
 		t0 = time.Now()
 		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, false)
 		if err != nil {
@@ -250,9 +250,6 @@ func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Seale
 	if len(groups) == 0 {
 		return res, nil
 	}
-	if e.cfg.Transform != nil { // benchmark seam: no KMS, no AES
-		return e.transform(rows, groups, res)
-	}
 	if e.cfg.Mode == Rekey && *sealer == nil {
 		s, err := e.newSealer(ctx)
 		if err != nil {
@@ -323,7 +320,7 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 // it under the page's data key, checking each result opens again.
 func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
 	rows []row, envs []*envelope.Envelope, res []result) error {
-	dek, err := e.kms.Decrypt(ctx, e.cfg.Old.ARN, wdek)
+	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
@@ -456,7 +453,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	}
 
 	var conflicts []string
-	crashPoint("before_update")
+	hook(ctx, e.cfg.Hooks.BeforeUpdate)
 	if len(ids) > 0 {
 		swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
 		if err != nil {
@@ -512,7 +509,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	if err := e.store.Advance(ctx, tx, l, cursor, c, finished, e.cfg.LeaseTTL); err != nil {
 		return c, nil, err
 	}
-	crashPoint("before_commit")
+	hook(ctx, e.cfg.Hooks.BeforeCommit)
 	// Fence holds the range row locked until this COMMIT, so no process can
 	// have taken the range over: the commit is not abandoned when the page's
 	// context ends meanwhile (the lease renewer ends it as soon as it finds
@@ -523,7 +520,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	if err := tx.Commit(cctx); err != nil {
 		return c, nil, fmt.Errorf("commit: %w", err)
 	}
-	crashPoint("after_commit")
+	hook(ctx, e.cfg.Hooks.AfterCommit)
 	for _, q := range bad {
 		e.log.Warn("row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}

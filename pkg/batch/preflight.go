@@ -22,14 +22,18 @@ type Checked struct {
 // Preflight checks everything that can be checked before the first write,
 // as the runbook's "test new key" step does, and more: the table and audit
 // table exist with usable columns; OLD and NEW resolve to two different,
-// enabled, symmetric keys; a seal/open round trip under NEW works; and (rekey)
-// the first rows under OLD actually open with this namespace. It writes
-// nothing. When the only refusal is a NULL-able id column, it returns the
-// Checked along with the *NullableIDError.
+// enabled, symmetric keys; a seal/open round trip under NEW works; and
+// sampled rows under OLD actually open with this namespace (rekey) or are
+// re-encrypted by KMS with it (rewrap). It writes nothing. When the only
+// refusal is a NULL-able id column, it returns the Checked along with the
+// *NullableIDError.
 func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
 	if oldRef == "" || newRef == "" {
 		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
 	}
+	// The probes go around the data-key cache: a sampled key met again by
+	// the run would otherwise look shared and stay in memory.
+	kc = kmsclient.NewClient(kc.API(), namespace, nil)
 	if err := db.QueryRow(ctx, `SELECT 1`).Scan(new(int)); err != nil {
 		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
 	}
@@ -51,10 +55,12 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 	if c.KMSLatency, err = RoundTrip(ctx, kc, c.New.ARN, namespace); err != nil {
 		return nil, err
 	}
-	if mode == Rekey {
-		if err := sampleOld(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
-			return nil, err
-		}
+	check := sampleOld
+	if mode == Rewrap {
+		check = sampleRewrap
+	}
+	if err := check(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
+		return nil, err
 	}
 	if nullable != nil {
 		return c, nullable // every other check passed: plan may still count the table
@@ -147,6 +153,45 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 	}
 	if tried >= minTries && !anyOpens(ctx, kc, sample, newARN, ns) {
 		return configErrorf("%d sampled tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
+	}
+	return nil
+}
+
+// sampleRewrap has KMS re-encrypt sampled wrapped keys under OLD from OLD to
+// NEW with the configured encryption context, results discarded: rewrap
+// opens no token, so this is the only way to learn before the first write
+// that NAMESPACE is wrong (KMS rejects the context). It stops at the first
+// success (one ReEncrypt on good data). When every one of up to three
+// distinct keys tried is rejected, it refuses unless a token under NEW in the
+// sample opens with this namespace: then the namespace is right and the
+// rejected rows are bad rows, which the run quarantines (a rerun that only
+// has bad rows left under OLD must end with 65, not be refused).
+func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, newARN, ns string) error {
+	sample, err := sampleRows(ctx, db, t)
+	if err != nil {
+		return transient(fmt.Errorf("sample rows: %w", err))
+	}
+	const maxTries = 3
+	tried := map[string]bool{}
+	for _, r := range sample {
+		env, err := envelope.Parse(r.token)
+		if err != nil || env.KID != oldARN || tried[string(env.WDEK)] {
+			continue
+		}
+		tried[string(env.WDEK)] = true
+		_, err = kc.ReEncrypt(ctx, env.WDEK, oldARN, newARN)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, kmsclient.ErrBadCiphertext) {
+			return keyOrTransient(fmt.Errorf("sample re-encrypt from the old key to the new: %w", err))
+		}
+		if len(tried) == maxTries {
+			break
+		}
+	}
+	if len(tried) > 0 && !anyOpens(ctx, kc, sample, newARN, ns) {
+		return configErrorf("KMS rejected all %d sampled wrapped keys under the old key with encryption context namespace=%q: check NAMESPACE (and OLD_KEY_ID) before every row gets quarantined", len(tried), ns)
 	}
 	return nil
 }

@@ -130,6 +130,39 @@ func TestPreflightRefuses(t *testing.T) {
 	}
 }
 
+// TestPreflightRewrapChecksNamespace: in rewrap mode no token is opened, so
+// Preflight has KMS re-encrypt one sampled wrapped key from OLD to NEW with
+// the configured encryption context; local-kms refuses a wrong context, and
+// Preflight must refuse the run naming NAMESPACE, writing nothing.
+func TestPreflightRewrapChecksNamespace(t *testing.T) {
+	t.Parallel()
+	e := fixture.New(t, "uuid")
+	e.Seed(30, e.Old, 1)
+	digest, versions := e.TableDigest(), e.RowVersions()
+	ctx := context.Background()
+	for _, tc := range []struct {
+		ns   string
+		want error
+	}{{fixture.Namespace, nil}, {"payment_method", batch.ErrConfig}} {
+		api := &countingKMS{KMS: e.API}
+		kc := kmsclient.NewClient(api, tc.ns, nil)
+		_, err := batch.Preflight(ctx, e.DB, kc, e.Spec(), e.Old.Ref, e.New.Ref, tc.ns, batch.Rewrap)
+		if tc.want == nil && err != nil {
+			t.Fatalf("namespace %q: Preflight: %v, want nil", tc.ns, err)
+		}
+		if tc.want != nil && (!errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), "NAMESPACE")) {
+			t.Fatalf("namespace %q: Preflight: got %v, want %v naming NAMESPACE", tc.ns, err, tc.want)
+		}
+		if n := api.reencrypt.Load(); n < 1 || n > 3 {
+			t.Errorf("namespace %q: %d ReEncrypt calls, want 1..3", tc.ns, n)
+		}
+		t.Logf("namespace %q: %v (%d ReEncrypt)", tc.ns, err, api.reencrypt.Load())
+	}
+	if e.SchemaExists("reencrypt") || e.TableDigest() != digest || e.RowVersions() != versions || e.AuditTotal() != 0 {
+		t.Errorf("Preflight wrote something")
+	}
+}
+
 func disable(t *testing.T, e *fixture.Env, k kmsclient.Key) {
 	t.Helper()
 	if _, err := e.API.DisableKey(context.Background(), &kms.DisableKeyInput{KeyId: aws.String(k.ID)}); err != nil {

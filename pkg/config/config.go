@@ -38,8 +38,8 @@ type Config struct {
 	KMSRateLimit   float64       `env:"KMS_RATE_LIMIT" envDefault:"1000" help:"KMS requests per second for the whole Job, shared by SHARD_COUNT pods (0 = unlimited)"`
 	KMSConcurrency int           `env:"KMS_CONCURRENCY" envDefault:"0" help:"KMS calls in flight per process (0 = sized from measured latency and the rate budget)"`
 	KMSMaxAttempts int           `env:"KMS_MAX_ATTEMPTS" envDefault:"8" help:"attempts per KMS call on throttling or 5xx"`
-	DEKCacheSize   int           `env:"DEK_CACHE_SIZE" envDefault:"4096" help:"unwrapped data keys kept in memory (0 = none)"`
-	DEKCacheTTL    time.Duration `env:"DEK_CACHE_TTL" envDefault:"5m" help:"longest time an unwrapped data key is kept"`
+	DEKCacheSize   int           `env:"DEK_CACHE_SIZE" envDefault:"4096" help:"unwrapped data keys kept in memory, only keys rows share (0 = none)"`
+	DEKCacheTTL    time.Duration `env:"DEK_CACHE_TTL" envDefault:"5m" help:"longest time an unwrapped data key is kept (then zeroed)"`
 
 	ShardIndex   int           `env:"SHARD_INDEX" envDefault:"-1" help:"this pod's index in the Job (default: JOB_COMPLETION_INDEX, else 0)"`
 	ShardCount   int           `env:"SHARD_COUNT" envDefault:"1" help:"pods sharing the work and the KMS budget"`

@@ -52,9 +52,16 @@ func (c *Client) GenerateDataKey(ctx context.Context, keyARN string) (DataKey, [
 	return dek, out.CiphertextBlob, nil
 }
 
-// Decrypt unwraps wdek with keyARN (and only keyARN). The result is the
+// Decrypt unwraps wdek with keyARN (and only keyARN) for one row: the key
+// is cached only if it was seen before (see Cache). The result is the
 // caller's own copy: it clears it after use, whatever the cache does.
 func (c *Client) Decrypt(ctx context.Context, keyARN string, wdek []byte) (DataKey, error) {
+	return c.DecryptRows(ctx, keyARN, wdek, 1)
+}
+
+// DecryptRows is Decrypt for a key that rows rows need now (a page's group
+// under one wrapped key); the cache keeps keys needed by several rows.
+func (c *Client) DecryptRows(ctx context.Context, keyARN string, wdek []byte, rows int) (DataKey, error) {
 	if dek, ok := c.cache.get(keyARN, wdek); ok {
 		return dek, nil
 	}
@@ -73,7 +80,9 @@ func (c *Client) Decrypt(ctx context.Context, keyARN string, wdek []byte) (DataK
 		return nil, &Error{Op: "Decrypt", KeyARN: keyARN, Code: "InvalidCiphertextException",
 			Err: fmt.Errorf("wrapped key holds %d bytes, not a %d-byte data key", len(out.Plaintext), DataKeySize)}
 	}
-	c.cache.put(keyARN, wdek, dek)
+	if c.cache.admit(keyARN, wdek, rows) {
+		c.cache.put(keyARN, wdek, dek)
+	}
 	return dek, nil
 }
 

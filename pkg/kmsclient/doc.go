@@ -16,6 +16,11 @@
 //   - Every call on a wrapped data key carries the encryption context
 //     {"namespace": ns}, and Decrypt pins KeyId to the key we expect.
 //
+// The data-key cache (Cache) holds a plaintext key only when it can pay off:
+// a key several rows of a page share, or one whose wrapped key comes back;
+// a key one row needs is used and zeroed (legacy data, one data key per row,
+// leaves nothing in memory). A sweeper zeroes keys as they expire.
+//
 // Plaintext data keys leave this package only as DataKey values, which redact
 // themselves when printed and must be cleared by their owner with Clear.
 // Errors name key ARNs and operations, never key material.

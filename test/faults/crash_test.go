@@ -91,9 +91,10 @@ func TestCrashStorm(t *testing.T) {
 		fmt.Sprintf("%.1f (%d calls vs %d in a clean run)", perKill, total, clean), perKill <= float64(bound))
 }
 
-// Scenario 1, chosen points: the process kills itself (pkg/batch/crashpoint.go)
-// after the KMS work of a page, before its UPDATE, before its COMMIT and just
-// after it. After each crash every page is all or nothing; a rerun finishes.
+// Scenario 1, chosen points: the process kills itself (the batch.Hooks that
+// cmd/reencrypt-faults installs) after the KMS work of a page, before its
+// UPDATE, before its COMMIT and just after it. After each crash every page
+// is all or nothing; a rerun finishes.
 func TestCrashPoints(t *testing.T) {
 	t.Parallel()
 	n := pick(2000, 20_000)

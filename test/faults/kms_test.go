@@ -151,7 +151,9 @@ func TestKMSFaultsNoGoroutineLeak(t *testing.T) {
 		}
 		w.proxy.Set(kmsfault.Faults{Throttle: 0.3, Error5xx: 0.1, Reset: 0.05, Jitter: 5 * time.Millisecond})
 		defer w.proxy.Set(kmsfault.Faults{})
-		kc := kmsclient.NewClient(api, "payment_methods", kmsclient.NewCache(1024, time.Minute))
+		cache := kmsclient.NewCache(1024, time.Minute)
+		defer cache.Purge()
+		kc := kmsclient.NewClient(api, "payment_methods", cache)
 		checked, err := batch.Preflight(ctx, pool, kc, refSpec(), w.Old.ARN, w.New.ARN, "payment_methods", batch.Rekey)
 		if err != nil {
 			return err

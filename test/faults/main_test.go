@@ -16,7 +16,9 @@ import (
 	"github.com/reencrypt/reencrypt/internal/testbed"
 )
 
-// reencryptBin is the reencrypt binary under test, built once by TestMain.
+// reencryptBin is the reencrypt binary under test, built once by TestMain:
+// the fault suite's own (cmd/reencrypt-faults), the shipped command line
+// with crash hooks that REENCRYPT_CRASH_AT arms.
 var reencryptBin string
 
 // soak selects the long version of every scenario (SOAK=1, `make soak`).
@@ -50,9 +52,10 @@ func TestMain(m *testing.M) {
 
 const binDirPrefix = "reencrypt-faults-"
 
-// buildBinary builds ./cmd/reencrypt into a fresh temp dir marked with this
-// process's pid. testbed.Main ends with os.Exit, so the dir cannot be removed
-// at the end; the next run removes the dirs whose owner has died instead.
+// buildBinary builds ./test/faults/cmd/reencrypt-faults into a fresh temp
+// dir marked with this process's pid. testbed.Main ends with os.Exit, so the
+// dir cannot be removed at the end; the next run removes the dirs whose
+// owner has died instead.
 func buildBinary() (string, error) {
 	sweepBinDirs()
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
@@ -75,11 +78,11 @@ func buildBinary() (string, error) {
 		return "", err
 	}
 	bin := filepath.Join(dir, "reencrypt")
-	cmd := exec.Command(gobin, "build", "-o", bin, "./cmd/reencrypt")
+	cmd := exec.Command(gobin, "build", "-o", bin, "./test/faults/cmd/reencrypt-faults")
 	cmd.Dir = filepath.Dir(gomod)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		_ = os.RemoveAll(dir)
-		return "", fmt.Errorf("go build ./cmd/reencrypt: %w\n%s", err, out)
+		return "", fmt.Errorf("go build ./test/faults/cmd/reencrypt-faults: %w\n%s", err, out)
 	}
 	return bin, nil
 }

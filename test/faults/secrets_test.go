@@ -310,7 +310,9 @@ func TestDataKeysZeroedAfterUse(t *testing.T) {
 	// A row KMS refuses and a corrupt one: the error paths get keys too.
 	bad := w.badRows()
 	rec := &recordingKMS{KMS: w.API}
-	kc := kmsclient.NewClient(rec, fixture.Namespace, kmsclient.NewCache(1024, time.Minute))
+	cache := kmsclient.NewCache(1024, time.Minute)
+	defer cache.Purge()
+	kc := kmsclient.NewClient(rec, fixture.Namespace, cache)
 	checked, err := batch.Preflight(ctx, w.DB, kc, refSpec(), w.Old.ARN, w.New.ARN, fixture.Namespace, batch.Rekey)
 	if err != nil {
 		t.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -60,7 +60,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace,
 		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
 		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
-		StopGrace: cfg.StopGrace, Owner: a.owner(),
+		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks,
 	}, db, store, kc, a.log, a.metrics)
 	if err != nil {
 		return err

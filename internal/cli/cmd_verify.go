@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -317,7 +317,7 @@ func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope
 	for _, k := range order {
 		idx := groups[k]
 		g.Go(func() error {
-			dek, err := v.kc.Decrypt(gctx, v.new.ARN, []byte(k))
+			dek, err := v.kc.DecryptRows(gctx, v.new.ARN, []byte(k), len(idx))
 			if errors.Is(err, kmsclient.ErrBadCiphertext) {
 				for _, i := range idx {
 					v.fail(rows[i].ID, failKMSRejected, "")

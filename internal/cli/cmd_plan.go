@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -86,7 +86,8 @@ type kmsCallPlan struct {
 	GenerateDataKey int64 `json:"GenerateDataKey"`
 	ReEncrypt       int64 `json:"ReEncrypt"`
 	// Preflight is per pod: 2 DescribeKey, the round trip on NEW (1
-	// GenerateDataKey, 1 Decrypt) and, in rekey mode, up to 3 sample Decrypts.
+	// GenerateDataKey, 1 Decrypt) and, in rekey mode, up to 3 sample Decrypts;
+	// in rewrap mode one sample ReEncrypt (the NAMESPACE check).
 	PreflightPerPod int64 `json:"preflight_per_pod"`
 	Total           int64 `json:"total"`
 }
@@ -111,7 +112,8 @@ type timeEstimate struct {
 // cmdPlan is the dry run. It checks what the run's preflight checks, then
 // reads every row once in keyset pages to count them by key. Its only KMS
 // calls are the preflight's (two DescribeKey, one round trip on NEW, and in
-// rekey mode up to three sample Decrypts of rows under OLD); it writes
+// rekey mode up to three sample Decrypts of rows under OLD, in rewrap mode
+// one sample ReEncrypt); it writes
 // nothing, not even the bookkeeping schema.
 func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	cfg := a.cfg
@@ -243,7 +245,8 @@ func (r *planReport) addUnreachable(ctx context.Context, a *app, checked *batch.
 
 // kmsCalls estimates the KMS requests of the whole Job from the census of
 // the rows under OLD, the way the engine spends them: rekey unwraps each
-// distinct wrapped key once (the data-key cache carries it across pages) and
+// distinct wrapped key once or twice (the data-key cache carries it across
+// pages once it is seen to be shared) and
 // generates one data key per page that holds rows under OLD; rewrap re-wraps
 // each distinct wrapped key of each page (ReEncrypt results are not cached).
 // Range boundaries split pages, hence up to one more page per range.
@@ -257,6 +260,12 @@ func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys) kmsCallPlan {
 			k.ReEncrypt = f.PerPageDistinct
 		default:
 			k.Decrypt = f.Distinct
+			if f.PerPageDistinct > f.Distinct {
+				// Keys shared across pages: the cache keeps a key one row of a
+				// page needs only once it comes back (kmsclient.Cache), so
+				// such a key may cost two Decrypts. An upper bound.
+				k.Decrypt = min(f.PerPageDistinct, 2*f.Distinct)
+			}
 			if cfg.DEKCacheSize == 0 {
 				k.Decrypt = f.PerPageDistinct
 			}
@@ -266,6 +275,8 @@ func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys) kmsCallPlan {
 	k.PreflightPerPod = 4
 	if mode == batch.Rekey {
 		k.PreflightPerPod += 3
+	} else {
+		k.PreflightPerPod++ // the sample ReEncrypt
 	}
 	k.Total = k.Decrypt + k.GenerateDataKey + k.ReEncrypt + k.PreflightPerPod*int64(cfg.ShardCount)
 	return k
@@ -342,7 +353,7 @@ func (r *planReport) print(w io.Writer) {
 		fmt.Fprintf(tw, "  GenerateDataKey\t%s\t  one per page holding rows under OLD\n", num(r.KMSCalls.GenerateDataKey))
 	}
 	fmt.Fprintf(tw, "  preflight\t%s\t  per pod (DescribeKey ×2, round trip on NEW%s)\n", num(r.KMSCalls.PreflightPerPod),
-		map[bool]string{true: ", sample Decrypts", false: ""}[r.Mode == string(batch.Rekey)])
+		map[bool]string{true: ", sample Decrypts", false: ", a sample ReEncrypt"}[r.Mode == string(batch.Rekey)])
 	fmt.Fprintf(tw, "  total\t%s\t\n", num(r.KMSCalls.Total))
 	tw.Flush()
 

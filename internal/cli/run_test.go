@@ -1,4 +1,4 @@
-package main
+package cli
 
 // Tests of `reencrypt run` as a separate process: the binary TestMain built,
 // against the test's own database and the shared local-kms, configured only
@@ -322,6 +322,13 @@ func TestExitCodes(t *testing.T) {
 			prepare: func(_ *testing.T, e *fixture.Env) []string { return []string{"NEW_KEY_ID=" + e.Old.ARN} }},
 		{name: "unknown table", code: 78, says: "public.no_such_table does not exist", refused: true,
 			prepare: func(*testing.T, *fixture.Env) []string { return []string{"TABLE=no_such_table"} }},
+		// Rewrap never opens a token, so only a ReEncrypt can tell that the
+		// encryption context (NAMESPACE) is wrong: before the fix every row
+		// was quarantined (exit 65) at one KMS call each.
+		{name: "rewrap with a wrong namespace", code: 78, says: "NAMESPACE", refused: true,
+			prepare: func(*testing.T, *fixture.Env) []string {
+				return []string{"MODE=rewrap", "NAMESPACE=payment_method"}
+			}},
 		{name: "bad setting", code: 78, says: "BATCH_SIZE", refused: true,
 			prepare: func(*testing.T, *fixture.Env) []string { return []string{"BATCH_SIZE=0"} }},
 		{name: "disabled new key", code: 77, says: "Disabled", refused: true,

@@ -1,4 +1,4 @@
-package main
+package cli
 
 // What an operator watches during a run: the /metrics endpoint, the final
 // Pushgateway push, the progress reporter (a bar on a terminal, periodic

@@ -1,4 +1,4 @@
-package main
+package cli
 
 // Shared helpers of the operator-command tests (plan, status, verify, keys,
 // observability, canary). Every test runs the real `run` function against a

@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -150,20 +150,20 @@ func TestPlanRewrap(t *testing.T) {
 	if p.IDType != "bigint" || p.Rows.UnderOld != 500 || p.WrappedKeys.Distinct != 50 {
 		t.Errorf("got id type %s, %d rows under OLD, %d wrapped keys; want bigint, 500, 50", p.IDType, p.Rows.UnderOld, p.WrappedKeys.Distinct)
 	}
-	want := kmsCallPlan{ReEncrypt: 50, PreflightPerPod: 4, Total: 50 + 4*5}
+	want := kmsCallPlan{ReEncrypt: 50, PreflightPerPod: 5, Total: 50 + 5*5}
 	if p.KMSCalls != want {
 		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
 	}
 	if p.Budget.PerPod != 20 || p.Budget.ShardCount != 5 {
 		t.Errorf("budget: got %+v, want 20 req/s per pod of 5", p.Budget)
 	}
-	// At most 20 req/s per pod: 50 calls over 5 pods and each pod's 4
-	// preflight calls take at least 0.7 s; one pod alone at least 2.7 s.
+	// At most 20 req/s per pod: 50 calls over 5 pods and each pod's 5
+	// preflight calls take at least 0.75 s; one pod alone at least 2.75 s.
 	if p.Estimate.JobSeconds < 0.7 || p.Estimate.OnePodSeconds < 2.7 {
 		t.Errorf("estimate: got %+v, want >= 0.7 s (Job) and >= 2.7 s (one pod)", p.Estimate)
 	}
-	if calls := o.proxy.Counts(); calls["ReEncrypt"] != 0 || calls["GenerateDataKey"] != 1 {
-		t.Errorf("plan's KMS calls: %v, want no ReEncrypt and 1 GenerateDataKey", calls)
+	if calls := o.proxy.Counts(); calls["ReEncrypt"] != 1 || calls["GenerateDataKey"] != 1 {
+		t.Errorf("plan's KMS calls: %v, want the preflight's 1 ReEncrypt (NAMESPACE check) and 1 GenerateDataKey", calls)
 	}
 	if o.schemaExists("reencrypt") {
 		t.Error("plan created the bookkeeping schema")

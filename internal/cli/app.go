@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"context"
@@ -70,10 +70,18 @@ type app struct {
 	pool   *pgxpool.Pool
 	kmsAPI kmsclient.KMS
 	budget *kmsclient.Budget
+	cache  *kmsclient.Cache // one per process; purged by close
+
+	hooks batch.Hooks // installed by a test-only main; nil in production
 }
 
 // run is main without the process: tests call it directly.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ map[string]string) int {
+	return runWith(ctx, args, stdout, stderr, environ, Options{})
+}
+
+// runWith is run with a main's options.
+func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, environ map[string]string, o Options) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {
@@ -97,7 +105,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ m
 		fmt.Fprintf(stderr, "reencrypt %s: configuration refused:\n%v\n", name, err)
 		return exitConfig
 	}
-	a := &app{cfg: cfg, args: rest, stdout: stdout, stderr: stderr, environ: environ}
+	a := &app{cfg: cfg, args: rest, stdout: stdout, stderr: stderr, environ: environ, hooks: o.Hooks}
 	a.logw = newLogWriter(stderr)
 	a.log = newLogger(a.logw, cfg.LogLevel)
 	a.reg = prometheus.NewRegistry()
@@ -207,7 +215,10 @@ func (a *app) client(ctx context.Context) (*kmsclient.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return kmsclient.NewClient(api, a.cfg.Namespace, kmsclient.NewCache(a.cfg.DEKCacheSize, a.cfg.DEKCacheTTL)), nil
+	if a.cache == nil {
+		a.cache = kmsclient.NewCache(a.cfg.DEKCacheSize, a.cfg.DEKCacheTTL)
+	}
+	return kmsclient.NewClient(api, a.cfg.Namespace, a.cache), nil
 }
 
 func (a *app) tableSpec() batch.TableSpec {
@@ -222,6 +233,7 @@ func (a *app) owner() string {
 }
 
 func (a *app) close() {
+	a.cache.Purge() // zero the plaintext keys now, not at their expiry
 	if a.pool != nil {
 		a.pool.Close()
 	}

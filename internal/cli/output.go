@@ -1,4 +1,4 @@
-package main
+package cli
 
 // Helpers shared by the operator commands (plan, status, verify, keys):
 // number and duration formatting for people, JSON for machines, and the

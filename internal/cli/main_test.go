@@ -1,4 +1,4 @@
-package main
+package cli
 
 import (
 	"fmt"
@@ -27,9 +27,10 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	reencryptBin = filepath.Join(dir, "reencrypt")
-	build := exec.Command("go", "build", "-o", reencryptBin, ".")
+	// The production binary: cmd/reencrypt, a thin main around this package.
+	build := exec.Command("go", "build", "-o", reencryptBin, "../../cmd/reencrypt")
 	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "go build -o %s .: %v\n%s", reencryptBin, err, out)
+		fmt.Fprintf(os.Stderr, "go build -o %s ../../cmd/reencrypt: %v\n%s", reencryptBin, err, out)
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}

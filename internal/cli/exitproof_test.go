@@ -1,4 +1,4 @@
-package main
+package cli
 
 // Tests that exit 0 of `run` is proven: every row reachable by the keyset
 // cursor, the pass's status read, and a full recount of the rows under OLD.

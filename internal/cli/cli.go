@@ -1,0 +1,44 @@
+// Package cli is the reencrypt command line: run | plan | status | verify |
+// keys. cmd/reencrypt is a thin main around Main; the fault suite's
+// test-only binary (test/faults/cmd/reencrypt-faults) calls Main with engine
+// hooks installed, so that no test hook is compiled into the shipped binary.
+package cli
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+)
+
+// Options are what a main may add to the command line's behaviour.
+type Options struct {
+	// Hooks are installed in the engine of `run`. The production main
+	// leaves them nil.
+	Hooks batch.Hooks
+}
+
+// Main runs the command named by os.Args and returns the process's exit
+// code. SIGINT and SIGTERM stop it gracefully.
+func Main(o Options) int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	env := environ()
+	tuneGC(env)
+	return runWith(ctx, os.Args[1:], os.Stdout, os.Stderr, env, o)
+}
+
+func environ() map[string]string {
+	m := map[string]string{}
+	for _, kv := range os.Environ() {
+		for i := 0; i < len(kv); i++ {
+			if kv[i] == '=' {
+				m[kv[:i]] = kv[i+1:]
+				break
+			}
+		}
+	}
+	return m
+}
