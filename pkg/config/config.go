@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -105,6 +106,11 @@ func Flags(fs *flag.FlagSet, cfg *Config) {
 		switch p := p.(type) {
 		case *string:
 			fs.StringVar(p, flagName, *p, help)
+			if secretBearing[name] {
+				// The default shown by --help and usage errors comes from
+				// the environment: it may hold a password.
+				fs.Lookup(flagName).DefValue = RedactURL(*p)
+			}
 		case *int:
 			fs.IntVar(p, flagName, *p, help)
 		case *float64:
@@ -166,7 +172,8 @@ func (c *Config) Validate() error {
 	}
 	if c.PushgatewayURL != "" {
 		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
-			bad("PUSHGATEWAY_URL %q is not an absolute URL", c.PushgatewayURL)
+			// Not echoed: a malformed URL is not reliably redacted.
+			bad("PUSHGATEWAY_URL is not an absolute URL like http://host:9091 (value not shown: it may hold a password)")
 		}
 	}
 	switch c.LogLevel {
@@ -217,24 +224,41 @@ func (c *Config) Redacted() map[string]any {
 	for i := range t.NumField() {
 		name := t.Field(i).Tag.Get("env")
 		val := v.Field(i).Interface()
-		if name == "DATABASE_URL" || name == "PUSHGATEWAY_URL" {
-			val = redactURL(fmt.Sprint(val))
+		if secretBearing[name] {
+			val = RedactURL(fmt.Sprint(val))
 		}
 		out[name] = fmt.Sprint(val)
 	}
 	return out
 }
 
-func redactURL(s string) string {
+// secretBearing are the variables whose value may hold a password.
+var secretBearing = map[string]bool{"DATABASE_URL": true, "PUSHGATEWAY_URL": true}
+
+// kvPassword is a password in a keyword/value connection string.
+var kvPassword = regexp.MustCompile(`\b(ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)`)
+
+// RedactURL masks the passwords of a URL (userinfo, and the password and
+// sslpassword query parameters) or of a keyword/value connection string,
+// so that the rest can still be shown.
+func RedactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {
-		if strings.Contains(s, "password") {
-			return "[redacted]"
+		if err != nil && strings.Contains(s, "://") {
+			return "[redacted: unparsable URL]"
 		}
-		return s
+		return kvPassword.ReplaceAllString(s, "${1}password=xxxxx")
 	}
 	if _, ok := u.User.Password(); ok {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }
