@@ -113,6 +113,9 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, envir
 	defer a.close()
 
 	err = runCmd(ctx, a, rest)
+	if r := batch.Refused(err); r != nil {
+		err = a.explainRefusal(r)
+	}
 	code := exitCode(err)
 	if err != nil {
 		a.log.Error("reencrypt "+name+" failed", "err", err.Error(), "exit_code", code)
@@ -139,7 +142,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, batch.ErrConfig), errors.Is(err, checkpoint.ErrSchemaTooNew):
+	case errors.Is(err, batch.ErrConfig), errors.Is(err, checkpoint.ErrSchemaTooNew), batch.Refused(err) != nil:
 		return exitConfig
 	case errors.Is(err, kmsclient.ErrKeyUnusable):
 		return exitKeyUnusable

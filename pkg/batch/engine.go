@@ -452,7 +452,8 @@ func retryable(err error) bool {
 	case errors.Is(err, checkpoint.ErrFenced),
 		errors.Is(err, kmsclient.ErrKeyUnusable),
 		errors.Is(err, ErrConfig),
-		errors.Is(err, errSelfCheck):
+		errors.Is(err, errSelfCheck),
+		Refused(err) != nil:
 		return false
 	}
 	var pgErr *pgconn.PgError
