@@ -186,6 +186,11 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	}
 	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
 	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
+	// Every relation the tool names is schema-qualified; functions and
+	// operators are not. Pinned, a role that may create objects in a schema
+	// of the database's search_path cannot shadow them (unnest,
+	// jsonb_build_object, =) with code run under this role.
+	pc.ConnConfig.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
