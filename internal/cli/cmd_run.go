@@ -59,7 +59,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		Table: checked.Table, Old: checked.Old, New: checked.New,
 		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace,
 		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
-		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
+		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout, LockTimeout: cfg.LockTimeout,
 		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks,
 	}, db, store, kc, a.log, a.metrics)
 	if err != nil {

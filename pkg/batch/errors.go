@@ -56,7 +56,8 @@ func (e *PartialError) Error() string {
 // transient by the engine, an interruption, or an error of the database
 // connection itself — a connection class (08), an operator intervention such
 // as pg_terminate_backend or a shutdown (57), insufficient resources (53), a
-// serialization failure (40), a system error (58) — or of the network. A
+// serialization failure or deadlock (40), a system error (58), a lock or
+// idle-in-transaction timeout (55P03, 25P03) — or of the network. A
 // refusal (Refused) never is, even when marked transient by its caller.
 func IsTransient(err error) bool {
 	if err == nil || Refused(err) != nil {
@@ -71,7 +72,9 @@ func IsTransient(err error) bool {
 		case "08", "57", "53", "40", "58":
 			return true
 		}
-		return false
+		// A lock wait past lock_timeout, a transaction ended by
+		// idle_in_transaction_session_timeout (a frozen process).
+		return pgErr.Code == "55P03" || pgErr.Code == "25P03"
 	}
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error

@@ -47,7 +47,8 @@ type Config struct {
 	Ranges       int           `env:"RANGES" envDefault:"0" help:"most ranges a pass is cut into (0 = 16 per shard, at least 64); each holds whole pages, so a small table gets fewer"`
 	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"3" help:"ranges one process works at once (3 keeps KMS busy while a page reads and commits)"`
 	LeaseTTL     time.Duration `env:"LEASE_TTL" envDefault:"30s" help:"range lease; a dead pod's range is taken over after it"`
-	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included"`
+	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included; also the statement_timeout of its transaction"`
+	LockTimeout  time.Duration `env:"LOCK_TIMEOUT" envDefault:"5s" help:"longest wait of a page transaction for a row lock held by another transaction (the page is then retried)"`
 	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
 
 	MetricsAddr    string `env:"METRICS_ADDR" envDefault:"" help:"serve /metrics on this address while running (e.g. :9090)"`
@@ -166,6 +167,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PageTimeout < time.Second {
 		bad("PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
+	}
+	if c.LockTimeout < 10*time.Millisecond {
+		bad("LOCK_TIMEOUT %s: want at least 10ms", c.LockTimeout)
 	}
 	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
 		bad("STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
