@@ -114,7 +114,7 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, envir
 
 	err = runCmd(ctx, a, rest)
 	if r := batch.Refused(err); r != nil {
-		err = a.explainRefusal(r)
+		err = a.explainRefusal(name, r)
 	}
 	code := exitCode(err)
 	if err != nil {
