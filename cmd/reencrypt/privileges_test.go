@@ -97,14 +97,28 @@ func TestLeastPrivilege(t *testing.T) {
 			// The operator may not run the rotation: refused before any write.
 			r := o.cmd([]string{"run"}, as(op))
 			o.mustCode(r, exitConfig)
-			for _, s := range []string{"permission denied", op, "GRANT ", "docs/privileges.md"} {
-				if !strings.Contains(r.stderr, s) {
+			for _, s := range []string{"lacks privileges", op, `GRANT UPDATE ("encrypted_token") ON "public"."payment_methods"`,
+				`GRANT INSERT ("payment_method_id", "action", "actor_type", "details") ON "public"."payment_method_audit"`, "docs/privileges.md"} {
+				if !strings.Contains(strings.ReplaceAll(r.stderr, `\"`, `"`), s) { // stderr is JSON
 					t.Errorf("the operator's refused run does not say %q:\n%s", s, r.stderr)
 				}
 			}
 			if n := o.Env.Int(`SELECT count(*) FROM payment_method_audit`); n != 0 {
 				t.Fatalf("the refused run wrote %d audit rows", n)
 			}
+			// A Job without UPDATE on the token column: refused before it
+			// records anything, naming the GRANT.
+			o.exec(fmt.Sprintf(`REVOKE UPDATE (encrypted_token) ON public.payment_methods FROM %s`, job))
+			r = o.cmd([]string{"run"}, as(job))
+			o.mustCode(r, exitConfig)
+			if want := fmt.Sprintf(`GRANT UPDATE ("encrypted_token") ON "public"."payment_methods" TO "%s"`, job); !strings.Contains(strings.ReplaceAll(r.stderr, `\"`, `"`), want) {
+				t.Errorf("the refused run does not say %q:\n%s", want, r.stderr)
+			}
+			if o.Env.Int(`SELECT count(*) FROM pg_tables WHERE schemaname = 'reencrypt' AND tablename = 'runs'`) > 0 &&
+				o.Env.Int(`SELECT count(*) FROM reencrypt.runs`) != 0 {
+				t.Error("the refused run recorded a run")
+			}
+			admin(jobGrants)
 			o.mustCode(o.cmd([]string{"run"}, as(job)), exitOK)
 			o.mustCode(o.cmd([]string{"status"}, as(op)), exitOK)
 			o.mustCode(o.cmd([]string{"verify"}, as(op)), exitOK)

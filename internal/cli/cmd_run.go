@@ -40,6 +40,9 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		"kms_budget_per_s", a.budget.PerSecond(), "kms_workers", workers,
 		"kms_requests", a.kmsRequestCounts()) // the preflight's own: a fixed cost per run
 
+	if err := batch.CheckWritePrivileges(ctx, db, checked.Table); err != nil {
+		return err
+	}
 	store := checkpoint.New(db, cfg.StateSchema)
 	if err := store.Migrate(ctx); err != nil {
 		return err
