@@ -11,6 +11,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/metrics"
 )
 
 // TestSwapLocksInIDOrder: the compare-and-swap locks a page's rows in id
@@ -98,5 +99,49 @@ func TestSwapLocksInIDOrder(t *testing.T) {
 	_ = holder.Rollback(ctx)
 	if err := <-done; err != nil {
 		t.Fatalf("swap: %v", err)
+	}
+}
+
+// TestLockTimeoutRetriesPage: the live API holds a row of a page locked
+// longer than LockTimeout. The page's transaction gives up on the lock
+// (55P03) instead of waiting with its own locks held, is counted as a
+// failed page and retried, and the run ends with every row rotated once
+// after the API lets go.
+func TestLockTimeoutRetriesPage(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	e := fixture.New(t, "uuid")
+	ids := e.Seed(300, e.Old, 1)
+	api, err := e.DB.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = api.Rollback(ctx) }()
+	if _, err := api.Exec(ctx, `SELECT 1 FROM payment_methods WHERE id = $1 FOR UPDATE`, ids[150]); err != nil {
+		t.Fatal(err)
+	}
+	m := metrics.New(nil)
+	db := newPool(t, e, 6)
+	done := make(chan error, 1)
+	go func() {
+		_, err := rotate(t, e, runOpts{batch: 100, ranges: 1, lockTimeout: 200 * time.Millisecond, metrics: m, db: db})
+		done <- err
+	}()
+	deadline := time.Now().Add(30 * time.Second)
+	for counter(t, m.PageFailures) < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("no page gave up on the locked row within 30s: the page waits for the lock with its own locks held")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	_ = api.Rollback(ctx)
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if got := e.KeyCounts(); got[e.New.ARN] != len(ids) {
+		t.Errorf("rows by key: %v, want all %d under NEW", got, len(ids))
+	}
+	if total, dup := e.AuditCounts("token_reencrypted"); total != int64(len(ids)) || dup != 0 {
+		t.Errorf("audit rows %d (%d duplicated), want %d once each", total, dup, len(ids))
 	}
 }
