@@ -6,7 +6,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // The GRANTs of docs/privileges.md, for the reference schema. %[1]s is the
