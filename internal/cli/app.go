@@ -113,6 +113,9 @@ func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, envir
 	defer a.close()
 
 	err = runCmd(ctx, a, rest)
+	if r := batch.Refused(err); r != nil {
+		err = a.explainRefusal(name, r)
+	}
 	code := exitCode(err)
 	if err != nil {
 		a.log.Error("reencrypt "+name+" failed", "err", err.Error(), "exit_code", code)
@@ -139,7 +142,7 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.Is(err, batch.ErrConfig), errors.Is(err, checkpoint.ErrSchemaTooNew):
+	case errors.Is(err, batch.ErrConfig), errors.Is(err, checkpoint.ErrSchemaTooNew), batch.Refused(err) != nil:
 		return exitConfig
 	case errors.Is(err, kmsclient.ErrKeyUnusable):
 		return exitKeyUnusable
@@ -183,6 +186,11 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	}
 	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
 	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
+	// Every relation the tool names is schema-qualified; functions and
+	// operators are not. Pinned, a role that may create objects in a schema
+	// of the database's search_path cannot shadow them (unnest,
+	// jsonb_build_object, =) with code run under this role.
+	pc.ConnConfig.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))

@@ -241,3 +241,60 @@ wait:
 	t.Logf("searched %d bytes of output from %d scrapes, %d pushes and 12 commands for the canary and %d data keys",
 		haystack.Len(), scrapes, len(pushes), len(keys))
 }
+
+// TestPasswordsNeverShown: flag defaults come from the environment, so help,
+// usage errors and the start log line would show DATABASE_URL and
+// PUSHGATEWAY_URL as given. Passwords in userinfo and in the password and
+// sslpassword query parameters (and keyword/value strings) must never
+// appear in what any of these paths print.
+func TestPasswordsNeverShown(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(20, o.Old, 1)
+	_, gwURL := newPushgateway(t)
+	u, err := url.Parse(o.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nonce := make([]byte, 6)
+	_, _ = rand.Read(nonce)
+	pw := func(what string) string { return "PW-" + what + "-" + hex.EncodeToString(nonce) }
+	withUserinfo := *u
+	withUserinfo.User = url.UserPassword(u.User.Username(), pw("userinfo"))
+	q := u.Query()
+	q.Set("password", pw("query"))
+	q.Set("sslpassword", pw("sslquery"))
+	withQuery := *u
+	withQuery.RawQuery = q.Encode()
+	gw, _ := url.Parse(gwURL)
+	gw.User = url.UserPassword("push", pw("pushgateway"))
+	kv := fmt.Sprintf("host=%s port=%s dbname=%s user=postgres password='%s' sslmode=disable",
+		u.Hostname(), u.Port(), strings.TrimPrefix(u.Path, "/"), pw("keyword"))
+	secrets := []string{pw("userinfo"), pw("query"), pw("sslquery"), pw("pushgateway"), pw("keyword")}
+
+	var out bytes.Buffer
+	try := func(want int, args []string, extra ...string) {
+		t.Helper()
+		r := o.cmd(args, extra...)
+		out.WriteString(r.stdout + r.stderr)
+		if r.code != want {
+			t.Errorf("reencrypt %s: exit %d, want %d\n%s", strings.Join(args, " "), r.code, want, r)
+		}
+	}
+	for _, db := range []string{withUserinfo.String(), withQuery.String(), kv} {
+		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String()}
+		try(exitOK, []string{"run", "--help"}, env...)
+		try(exitConfig, []string{"run", "--no-such-flag"}, env...)
+		try(exitConfig, []string{"status", "--batch-size=x"}, env...)
+		try(exitConfig, []string{"run"}, append(env, "BATCH_SIZE=0")...)
+		try(exitConfig, []string{"run"}, "DATABASE_URL="+db, "PUSHGATEWAY_URL=not a url "+pw("pushgateway"))
+		try(exitOK, []string{"run"}, env...) // the start line logs the configuration
+	}
+	if !strings.Contains(out.String(), "-database-url") || !strings.Contains(out.String(), "reencrypt run starting") {
+		t.Fatalf("the help or the start line is missing from the output:\n%s", tail(out.String()))
+	}
+	for _, s := range secrets {
+		if i := strings.Index(out.String(), s); i >= 0 {
+			t.Errorf("password %s shown: …%s…", s, out.String()[max(0, i-120):i+len(s)])
+		}
+	}
+}

@@ -40,6 +40,9 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		"kms_budget_per_s", a.budget.PerSecond(), "kms_workers", workers,
 		"kms_requests", a.kmsRequestCounts()) // the preflight's own: a fixed cost per run
 
+	if err := batch.CheckWritePrivileges(ctx, db, checked.Table); err != nil {
+		return err
+	}
 	store := checkpoint.New(db, cfg.StateSchema)
 	if err := store.Migrate(ctx); err != nil {
 		return err
@@ -59,7 +62,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		Table: checked.Table, Old: checked.Old, New: checked.New,
 		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace,
 		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
-		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
+		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout, LockTimeout: cfg.LockTimeout,
 		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks,
 	}, db, store, kc, a.log, a.metrics)
 	if err != nil {

@@ -22,7 +22,9 @@
 //     old ciphertext, and rows that changed are re-read and retried.
 //  5. Fenced: checkpoint.Fence is the first statement of every page commit.
 //  6. Bounded: one page per range worker, a fixed worker pool, a fixed
-//     number of range workers, a bounded data-key cache and a KMS budget.
+//     number of range workers, a bounded data-key cache and a KMS budget. A
+//     page transaction holds its locks for a bounded time even if its
+//     process freezes (pageTxSettings), and locks its rows in id order.
 //  7. Bad rows do not wedge the run: they become RowErrors, are quarantined
 //     and counted, and the cursor moves past them.
 //  8. No secrets leak: data keys are zeroed after use and redact themselves;

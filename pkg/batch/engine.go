@@ -45,6 +45,7 @@ type Config struct {
 	Ranges          int           // most ranges a pass is cut into (64); see planRanges
 	LeaseTTL        time.Duration // lease length; renewed at a third of it (30s)
 	PageTimeout     time.Duration // one page, KMS and commit included (2m)
+	LockTimeout     time.Duration // a page's longest wait for a row lock (5s); see pageTxSettings
 	StopGrace       time.Duration // time to finish the page in flight on shutdown (10s)
 	PageRetries     int           // transient failures of one page before giving up (6)
 	ConflictRetries int           // re-reads of rows the live API changed (3)
@@ -63,6 +64,7 @@ func (c Config) withDefaults() Config {
 	c.Ranges = cmp.Or(c.Ranges, 64)
 	c.LeaseTTL = cmp.Or(c.LeaseTTL, 30*time.Second)
 	c.PageTimeout = cmp.Or(c.PageTimeout, 2*time.Minute)
+	c.LockTimeout = cmp.Or(c.LockTimeout, 5*time.Second)
 	c.StopGrace = cmp.Or(c.StopGrace, 10*time.Second)
 	c.PageRetries = cmp.Or(c.PageRetries, 6)
 	c.ConflictRetries = cmp.Or(c.ConflictRetries, 3)
@@ -452,7 +454,8 @@ func retryable(err error) bool {
 	case errors.Is(err, checkpoint.ErrFenced),
 		errors.Is(err, kmsclient.ErrKeyUnusable),
 		errors.Is(err, ErrConfig),
-		errors.Is(err, errSelfCheck):
+		errors.Is(err, errSelfCheck),
+		Refused(err) != nil:
 		return false
 	}
 	var pgErr *pgconn.PgError

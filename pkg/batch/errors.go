@@ -56,9 +56,11 @@ func (e *PartialError) Error() string {
 // transient by the engine, an interruption, or an error of the database
 // connection itself — a connection class (08), an operator intervention such
 // as pg_terminate_backend or a shutdown (57), insufficient resources (53), a
-// serialization failure (40), a system error (58) — or of the network.
+// serialization failure or deadlock (40), a system error (58), a lock or
+// idle-in-transaction timeout (55P03, 25P03) — or of the network. A
+// refusal (Refused) never is, even when marked transient by its caller.
 func IsTransient(err error) bool {
-	if err == nil {
+	if err == nil || Refused(err) != nil {
 		return false
 	}
 	if errors.Is(err, ErrTransient) || errors.Is(err, ErrInterrupted) {
@@ -70,7 +72,9 @@ func IsTransient(err error) bool {
 		case "08", "57", "53", "40", "58":
 			return true
 		}
-		return false
+		// A lock wait past lock_timeout, a transaction ended by
+		// idle_in_transaction_session_timeout (a frozen process).
+		return pgErr.Code == "55P03" || pgErr.Code == "25P03"
 	}
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
@@ -78,4 +82,45 @@ func IsTransient(err error) bool {
 		errors.Is(err, pgconn.ErrConnClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)
+}
+
+// RefusedError is the database refusing the connection or a statement for
+// a reason no retry can fix: a wrong password (SQLSTATE 28P01), an unknown
+// role or no pg_hba.conf entry (28000), a missing database (3D000), a
+// missing privilege (42501). It is a configuration error (exit 78).
+type RefusedError struct {
+	Code   string // SQLSTATE
+	Advice string // what to fix
+	Err    error
+}
+
+func (e *RefusedError) Error() string        { return e.Advice + ": " + e.Err.Error() }
+func (e *RefusedError) Unwrap() error        { return e.Err }
+func (e *RefusedError) Is(target error) bool { return target == ErrConfig }
+
+// refusals are the SQLSTATEs of RefusedError and what each asks to fix.
+var refusals = map[string]string{
+	"28P01": "the database refused the password (SQLSTATE 28P01): fix the password in DATABASE_URL",
+	"28000": "the database refused the login (SQLSTATE 28000): check that the role in DATABASE_URL exists " +
+		"and that pg_hba.conf admits it from this host",
+	"3D000": "the database named in DATABASE_URL does not exist (SQLSTATE 3D000): fix the database name",
+	"42501": "the database role lacks a privilege (SQLSTATE 42501): grant it (docs/privileges.md lists them)",
+}
+
+// Refused returns err as a *RefusedError when the database refused it for
+// a reason no retry can fix, and nil otherwise.
+func Refused(err error) *RefusedError {
+	var r *RefusedError
+	if errors.As(err, &r) {
+		return r
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return nil
+	}
+	advice, ok := refusals[pgErr.Code]
+	if !ok {
+		return nil
+	}
+	return &RefusedError{Code: pgErr.Code, Advice: advice, Err: err}
 }

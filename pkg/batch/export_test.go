@@ -11,3 +11,6 @@ import (
 func PlanRangesAbove(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
 	return planRangesAbove(ctx, db, t, n, pageRows, exactMax)
 }
+
+// SwapSQL is the compare-and-swap statement of t, for tests of its locking.
+func SwapSQL(t *Table) string { return newStatements(t).swap }

@@ -52,6 +52,7 @@ type runOpts struct {
 	ranges       int
 	rangeWorkers int
 	conflicts    int // ConflictRetries (default: the engine's)
+	lockTimeout  time.Duration
 	api          kmsclient.KMS
 	db           batch.DB         // default: a pool of the engine's own, closed after the run
 	metrics      *metrics.Metrics // default: a throwaway set
@@ -101,7 +102,8 @@ func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 	kc := kmsclient.NewClient(o.api, fixture.Namespace, cache)
 	eng, err := batch.New(batch.Config{Table: table, Old: o.old, New: o.new, Mode: o.mode,
 		BatchSize: o.batch, LeaseTTL: o.lease, Owner: o.owner, Ranges: o.ranges, Workers: 8,
-		RangeWorkers: o.rangeWorkers, StopGrace: time.Second, ConflictRetries: o.conflicts, Hooks: o.hooks},
+		RangeWorkers: o.rangeWorkers, StopGrace: time.Second, ConflictRetries: o.conflicts, Hooks: o.hooks,
+		LockTimeout: o.lockTimeout},
 		o.db, store, kc, slog.New(slog.NewJSONHandler(o.logs, nil)), o.metrics)
 	if err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: engine: %w", err)

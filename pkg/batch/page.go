@@ -440,7 +440,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	}
 	c.Quarantined = int64(len(bad))
 
-	tx, err := e.db.Begin(ctx)
+	tx, err := e.beginPage(ctx)
 	if err != nil {
 		return c, nil, fmt.Errorf("begin: %w", err)
 	}
@@ -530,7 +530,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 // advanceOnly moves the checkpoint when nothing else is left to write. Its
 // COMMIT, like commit's, is not abandoned when the page context ends.
 func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *string, done bool) error {
-	tx, err := e.db.Begin(ctx)
+	tx, err := e.beginPage(ctx)
 	if err != nil {
 		return fmt.Errorf("begin: %w", err)
 	}

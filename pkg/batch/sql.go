@@ -30,11 +30,22 @@ func newStatements(t *Table) statements {
 			t.qid, t.qtoken, t.qname, t.IDType),
 		// The WHERE compares the token with the one we read: a row the live
 		// API rewrote meanwhile is not overwritten; it is re-read instead.
+		// The page's rows are first locked in id order ("locked", run whole
+		// before the UPDATE by the scalar subquery, an InitPlan), whatever
+		// the input's order or the join's plan: a multi-row API transaction
+		// that locks in id order then waits for the page, never deadlocks
+		// with it.
 		swap: fmt.Sprintf(`
-			WITH swapped AS (
+			WITH locked AS MATERIALIZED (
+				SELECT t.%[2]s FROM %[1]s AS t
+				WHERE t.%[2]s = ANY($1::text[]::%[6]s[])
+				ORDER BY t.%[2]s
+				FOR UPDATE
+			), swapped AS (
 				UPDATE %[1]s AS t SET %[3]s = v.new_token
 				FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS v(id, old_token, new_token)
 				WHERE t.%[2]s = v.id::%[6]s AND t.%[3]s = v.old_token
+				  AND (SELECT count(*) FROM locked) >= 0
 				RETURNING t.%[2]s
 			), audited AS (
 				INSERT INTO %[4]s (%[5]s, action, actor_type, details)

@@ -11,6 +11,7 @@ import (
 	"io"
 	"net/url"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -46,7 +47,8 @@ type Config struct {
 	Ranges       int           `env:"RANGES" envDefault:"0" help:"most ranges a pass is cut into (0 = 16 per shard, at least 64); each holds whole pages, so a small table gets fewer"`
 	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"3" help:"ranges one process works at once (3 keeps KMS busy while a page reads and commits)"`
 	LeaseTTL     time.Duration `env:"LEASE_TTL" envDefault:"30s" help:"range lease; a dead pod's range is taken over after it"`
-	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included"`
+	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included; also the statement_timeout of its transaction"`
+	LockTimeout  time.Duration `env:"LOCK_TIMEOUT" envDefault:"5s" help:"longest wait of a page transaction for a row lock held by another transaction (the page is then retried)"`
 	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
 
 	MetricsAddr    string `env:"METRICS_ADDR" envDefault:"" help:"serve /metrics on this address while running (e.g. :9090)"`
@@ -105,6 +107,11 @@ func Flags(fs *flag.FlagSet, cfg *Config) {
 		switch p := p.(type) {
 		case *string:
 			fs.StringVar(p, flagName, *p, help)
+			if secretBearing[name] {
+				// The default shown by --help and usage errors comes from
+				// the environment: it may hold a password.
+				fs.Lookup(flagName).DefValue = RedactURL(*p)
+			}
 		case *int:
 			fs.IntVar(p, flagName, *p, help)
 		case *float64:
@@ -161,12 +168,16 @@ func (c *Config) Validate() error {
 	if c.PageTimeout < time.Second {
 		bad("PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
 	}
+	if c.LockTimeout < 10*time.Millisecond {
+		bad("LOCK_TIMEOUT %s: want at least 10ms", c.LockTimeout)
+	}
 	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
 		bad("STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
 	}
 	if c.PushgatewayURL != "" {
 		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
-			bad("PUSHGATEWAY_URL %q is not an absolute URL", c.PushgatewayURL)
+			// Not echoed: a malformed URL is not reliably redacted.
+			bad("PUSHGATEWAY_URL is not an absolute URL like http://host:9091 (value not shown: it may hold a password)")
 		}
 	}
 	switch c.LogLevel {
@@ -217,24 +228,41 @@ func (c *Config) Redacted() map[string]any {
 	for i := range t.NumField() {
 		name := t.Field(i).Tag.Get("env")
 		val := v.Field(i).Interface()
-		if name == "DATABASE_URL" || name == "PUSHGATEWAY_URL" {
-			val = redactURL(fmt.Sprint(val))
+		if secretBearing[name] {
+			val = RedactURL(fmt.Sprint(val))
 		}
 		out[name] = fmt.Sprint(val)
 	}
 	return out
 }
 
-func redactURL(s string) string {
+// secretBearing are the variables whose value may hold a password.
+var secretBearing = map[string]bool{"DATABASE_URL": true, "PUSHGATEWAY_URL": true}
+
+// kvPassword is a password in a keyword/value connection string.
+var kvPassword = regexp.MustCompile(`\b(ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)`)
+
+// RedactURL masks the passwords of a URL (userinfo, and the password and
+// sslpassword query parameters) or of a keyword/value connection string,
+// so that the rest can still be shown.
+func RedactURL(s string) string {
 	u, err := url.Parse(s)
 	if err != nil || u.Scheme == "" {
-		if strings.Contains(s, "password") {
-			return "[redacted]"
+		if err != nil && strings.Contains(s, "://") {
+			return "[redacted: unparsable URL]"
 		}
-		return s
+		return kvPassword.ReplaceAllString(s, "${1}password=xxxxx")
 	}
 	if _, ok := u.User.Password(); ok {
 		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	}
+	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }

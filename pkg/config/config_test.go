@@ -88,3 +88,18 @@ func TestRedactedHidesPasswords(t *testing.T) {
 		t.Errorf("Redacted() lost the host: %s", all)
 	}
 }
+
+func TestRedactURL(t *testing.T) {
+	for in, want := range map[string]string{
+		"postgres://u:secret@db:5432/p?sslmode=require":              "postgres://u:xxxxx@db:5432/p?sslmode=require",
+		"postgres://u@db/p?password=secret&sslpassword=s2&sslmode=x": "postgres://u@db/p?password=xxxxx&sslmode=x&sslpassword=xxxxx",
+		"host=db user=u password='se cret' sslpassword=s2 dbname=p":  "host=db user=u password=xxxxx sslpassword=xxxxx dbname=p",
+		"http://push:secret@gw:9091":                                 "http://push:xxxxx@gw:9091",
+		"postgres://u@db/p":                                          "postgres://u@db/p",
+		"postgres://u:sec%zzret@db/p":                                "[redacted: unparsable URL]",
+	} {
+		if got := RedactURL(in); got != want {
+			t.Errorf("RedactURL(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

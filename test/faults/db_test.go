@@ -183,7 +183,7 @@ func sortedKeys[V any](m map[string]V) []string {
 func TestDBLostAtStart(t *testing.T) {
 	t.Parallel()
 	for _, c := range []struct{ name, stmt string }{
-		{"creating the bookkeeping schema", "pg_advisory_xact_lock"},
+		{"creating the bookkeeping schema", "pg_advisory_lock"},
 		{"joining the run", "ON CONFLICT (run_id) DO NOTHING"},
 		{"reading the database clock", "SELECT now()"},
 	} {

@@ -53,6 +53,8 @@ type PGProxy struct {
 
 	match     string // CutOn: drop the connection at a statement holding this
 	matchLeft int
+	onMatch   string // OnStatement: call onFn before this statement runs
+	onFn      func()
 	conns     map[net.Conn]struct{}
 	wg        sync.WaitGroup
 }
@@ -211,6 +213,7 @@ func (p *PGProxy) frontend(client, server net.Conn) error {
 		}
 	}
 	inTx, statements := false, 0
+	prepared := map[string]string{} // statement name → text, for OnStatement
 	for {
 		hdr := make([]byte, 5)
 		if _, err := io.ReadFull(r, hdr); err != nil {
@@ -228,6 +231,7 @@ func (p *PGProxy) frontend(client, server net.Conn) error {
 		if (hdr[0] == 'Q' || hdr[0] == 'P') && p.takeMatch(msg[5:]) {
 			return errors.New("cut")
 		}
+		p.watch(hdr[0], msg[5:], prepared)
 		switch hdr[0] {
 		case 'Q':
 			q := strings.ToLower(strings.TrimSpace(strings.TrimRight(string(msg[5:]), "\x00")))
@@ -256,4 +260,45 @@ func (p *PGProxy) frontend(client, server net.Conn) error {
 			return err
 		}
 	}
+}
+
+// OnStatement calls fn once, in the proxy, just before the first statement
+// whose text contains substr is forwarded to the server: the client has sent
+// it and waits for its answer, so fn can freeze the client (SIGSTOP) at a
+// known point of its transaction. Prepared statements are recognised when
+// they are bound, however long ago they were parsed.
+func (p *PGProxy) OnStatement(substr string, fn func()) {
+	p.mu.Lock()
+	p.onMatch, p.onFn = substr, fn
+	p.mu.Unlock()
+}
+
+// watch runs the OnStatement hook for a simple query, or a Bind of a
+// statement whose Parse it has seen on this connection.
+func (p *PGProxy) watch(typ byte, body []byte, prepared map[string]string) {
+	var text string
+	switch typ {
+	case 'Q':
+		text = string(body)
+	case 'P': // Parse: name, text, ...
+		name, rest, _ := strings.Cut(string(body), "\x00")
+		q, _, _ := strings.Cut(rest, "\x00")
+		prepared[name] = q
+		return
+	case 'B': // Bind: portal, statement name, ...
+		_, rest, _ := strings.Cut(string(body), "\x00")
+		name, _, _ := strings.Cut(rest, "\x00")
+		text = prepared[name]
+	default:
+		return
+	}
+	p.mu.Lock()
+	fn := p.onFn
+	if fn == nil || !strings.Contains(text, p.onMatch) {
+		p.mu.Unlock()
+		return
+	}
+	p.onFn = nil
+	p.mu.Unlock()
+	fn()
 }
