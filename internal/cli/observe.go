@@ -310,19 +310,23 @@ func (p *progress) update(ctx context.Context) {
 	})
 }
 
-// logLine is the periodic progress record: rows, rate and ETA.
+// logLine is the periodic progress record: rows, rate and ETA. Until the
+// first read of the pass's status there is nothing worth a line (no pass,
+// no totals): on a loaded machine that read can take longer than a period.
 func (p *progress) logLine() {
+	if !p.last.ok {
+		return
+	}
 	proc := p.e.Progress()
 	attrs := []any{"run_id", p.runID, "rows", proc.Rows(), "rotated", proc.Rotated, "quarantined", proc.Quarantined}
-	if s := p.last; s.ok {
-		attrs = append(attrs, "pass", s.pass, "pass_rows", s.status.Counts.Rows(), "pass_rotated", s.status.Counts.Rotated,
-			"ranges_done", s.status.Done, "ranges", s.status.Ranges, "rows_per_s", int64(s.rate))
-		if s.haveRemaining {
-			attrs = append(attrs, "rows_remaining_estimate", s.remaining)
-		}
-		if s.haveETA {
-			attrs = append(attrs, "eta_s", int64(s.eta.Seconds()), "eta", human(s.eta))
-		}
+	s := p.last
+	attrs = append(attrs, "pass", s.pass, "pass_rows", s.status.Counts.Rows(), "pass_rotated", s.status.Counts.Rotated,
+		"ranges_done", s.status.Done, "ranges", s.status.Ranges, "rows_per_s", int64(s.rate))
+	if s.haveRemaining {
+		attrs = append(attrs, "rows_remaining_estimate", s.remaining)
+	}
+	if s.haveETA {
+		attrs = append(attrs, "eta_s", int64(s.eta.Seconds()), "eta", human(s.eta))
 	}
 	p.a.log.Info("progress", attrs...)
 }

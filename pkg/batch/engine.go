@@ -411,10 +411,21 @@ func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *sl
 // every sibling.
 func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn func() error) error {
 	backoff := 500 * time.Millisecond
+	deadConns := 0 // pooled connections found killed, retried at once
 	for attempt := 1; ; attempt++ {
 		err := fn()
 		if err == nil {
 			return nil
+		}
+		// A connection killed while idle in the pool (pg_terminate_backend,
+		// a failover) fails the first statement sent on it. The next one
+		// from the pool may be dead too: try them all at once, without
+		// counting them as attempts, before backing off.
+		if connKilled(err) && deadConns < maxDeadConns && ctx.Err() == nil {
+			deadConns++
+			attempt--
+			log.Debug(what+": pooled connection was killed; retrying at once", "err", err)
+			continue
 		}
 		if !retryable(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
 			if retryable(err) {
@@ -430,6 +441,18 @@ func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn fu
 		}
 		backoff = min(backoff*2, 15*time.Second)
 	}
+}
+
+// maxDeadConns bounds the immediate retries of one call on killed pooled
+// connections: more than a pool holds (the CLI's has RangeWorkers+4).
+const maxDeadConns = 16
+
+// connKilled reports an error of a connection the server terminated
+// (SQLSTATE 57P01 admin_shutdown, 57P02 crash_shutdown). A server that is
+// starting up (57P03) is waited for with the usual backoff instead.
+func connKilled(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02")
 }
 
 // ErrTransient marks failures worth retrying later: database or KMS out of
