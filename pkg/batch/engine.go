@@ -154,11 +154,20 @@ type Summary struct {
 func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	start := time.Now()
 	var dbStart time.Time
-	if err := e.db.QueryRow(ctx, `SELECT now()`).Scan(&dbStart); err != nil {
-		return Summary{}, fmt.Errorf("read database clock: %w", err)
-	}
-	run, err := e.store.Join(ctx, e.Spec(), dbStart, func(ctx context.Context) ([]checkpoint.Bounds, error) {
-		return planRanges(ctx, e.db, e.cfg.Table, e.cfg.Ranges, e.cfg.BatchSize)
+	var run checkpoint.Run
+	// Joining (and planning a pass) is one transaction: retried like a page,
+	// so that a connection killed in the pool does not end the run at once.
+	err := e.retry(ctx, "join run", e.log, func() error {
+		if dbStart.IsZero() {
+			if err := e.db.QueryRow(ctx, `SELECT now()`).Scan(&dbStart); err != nil {
+				return fmt.Errorf("read database clock: %w", err)
+			}
+		}
+		var err error
+		run, err = e.store.Join(ctx, e.Spec(), dbStart, func(ctx context.Context) ([]checkpoint.Bounds, error) {
+			return planRanges(ctx, e.db, e.cfg.Table, e.cfg.Ranges, e.cfg.BatchSize)
+		})
+		return err
 	})
 	if err != nil {
 		return Summary{}, err
