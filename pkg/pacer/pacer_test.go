@@ -181,7 +181,9 @@ func TestPauseWithinOnePage(t *testing.T) {
 	}
 	var wg sync.WaitGroup
 	pods := []*pod{startPod(t, ctx, e, "pod-a", &wg), startPod(t, ctx, e, "pod-b", &wg)}
-	rotated := func() int64 { return e.Int(`SELECT count(*) FROM payment_method_audit WHERE action = 'token_reencrypted'`) }
+	rotated := func() int64 {
+		return e.Int(`SELECT count(*) FROM payment_method_audit WHERE action = 'token_reencrypted'`)
+	}
 	pages := func() int64 { return e.Int(`SELECT coalesce(sum(pages), 0) FROM reencrypt.ranges`) }
 	waitFor(t, time.Minute, "first 1,000 rows rotated", func() bool { return rotated() >= 1_000 })
 
