@@ -52,7 +52,7 @@ type phaseReport struct {
 	EngineKMSPerS float64  `json:"engine_kms_per_s,omitempty"`
 	Exit          []int    `json:"exit_codes,omitempty"`
 	// pause phase only
-	PauseStopS     float64 `json:"pause_stop_s,omitempty"`     // from `pause` returning to the last commit
+	PauseStopS     float64 `json:"pause_stop_s,omitempty"`      // from `pause` returning to the last commit
 	PagesAfter     int64   `json:"pages_after_pause,omitempty"` // pages committed after `pause` returned
 	ResumeFullS    float64 `json:"resume_full_speed_s,omitempty"`
 	MovedWhilePaus int64   `json:"rows_moved_while_paused"`
