@@ -143,9 +143,11 @@ func (s *Store) Pacers(ctx context.Context, table string, ttl time.Duration) ([]
 	})
 }
 
-// Leave removes this pod's heartbeat, so the others' shares grow at once.
+// Leave ages this pod's heartbeat out, so the others' shares grow at once.
+// It does not delete it: the Job's role has no DELETE on the state schema.
 func (s *Store) Leave(ctx context.Context, table, owner string) error {
-	_, err := s.db.Exec(ctx, fmt.Sprintf(`DELETE FROM %s.pacers WHERE table_name = $1 AND owner = $2`, s.schema), table, owner)
+	_, err := s.db.Exec(ctx, fmt.Sprintf(`UPDATE %s.pacers SET seen_at = '-infinity', state = 'stopped'
+		WHERE table_name = $1 AND owner = $2`, s.schema), table, owner)
 	return err
 }
 
