@@ -157,3 +157,18 @@ func nonNil(s []string) []string {
 	}
 	return s
 }
+
+// Pace is what status shows of the steering of table: the operator's
+// controls and the live pods. ok is false on a state schema older than the
+// controls (nothing to show, nothing to refuse).
+func (s *Store) Pace(ctx context.Context, table string) (c Controls, pods []PacerReport, ok bool, err error) {
+	if err := s.db.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL`,
+		s.schema+".controls", s.schema+".pacers").Scan(&ok); err != nil || !ok {
+		return c, nil, false, err
+	}
+	if c, err = s.Controls(ctx, table); err != nil {
+		return c, nil, true, err
+	}
+	pods, err = s.Pacers(ctx, table, pacerTTL)
+	return c, pods, true, err
+}

@@ -51,6 +51,7 @@ type Budget struct {
 	recent    []float64 // throttled shares of the last judged windows
 	decreases int64
 	clean     int     // windows in a row without a decrease
+	fixed     bool    // KMS_ADAPTIVE=false: never adapts
 	cap       float64 // an outside cap (operator, shared budget); +Inf = none
 }
 
@@ -137,6 +138,17 @@ func (b *Budget) Wait(ctx context.Context) error {
 	return b.limiter.Wait(ctx)
 }
 
+// Fixed turns adaptation off: the budget stays at its ceiling whatever KMS
+// answers (KMS_ADAPTIVE=false; caps still apply). It returns b.
+func (b *Budget) Fixed() *Budget {
+	if b != nil {
+		b.mu.Lock()
+		b.fixed = true
+		b.mu.Unlock()
+	}
+	return b
+}
+
 // observe counts one attempt's answer and, at the end of a window, adapts.
 func (b *Budget) observe(throttled bool) {
 	if b == nil {
@@ -144,6 +156,9 @@ func (b *Budget) observe(throttled bool) {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.fixed {
+		return
+	}
 	now := b.now()
 	if b.winStart.IsZero() {
 		b.winStart = now
@@ -213,8 +228,8 @@ func (b *Budget) Follow() {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if math.IsInf(b.perSec, 1) {
-		return // no rate to slow down from; its own throttling will set one
+	if b.fixed || math.IsInf(b.perSec, 1) {
+		return // fixed, or no rate to slow down from: its own throttling will set one
 	}
 	b.clean = 0
 	b.setRate(max(b.perSec*decreaseFactor, 1))
@@ -233,7 +248,10 @@ func (b *Budget) SetCap(perSec float64) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.cap = perSec
-	if b.perSec > perSec {
+	switch {
+	case b.fixed: // no adaptation to grow it back: the cap applies as is
+		b.setRate(min(b.ceiling, perSec))
+	case b.perSec > perSec:
 		b.setRate(perSec)
 	}
 }
