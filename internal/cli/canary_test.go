@@ -269,10 +269,7 @@ func TestPasswordsNeverShown(t *testing.T) {
 	gw.User = url.UserPassword("push", pw("pushgateway"))
 	kv := fmt.Sprintf("host=%s port=%s dbname=%s user=postgres password='%s' sslmode=disable",
 		u.Hostname(), u.Port(), strings.TrimPrefix(u.Path, "/"), pw("keyword"))
-	replica := *u
-	replica.User = url.UserPassword(u.User.Username(), pw("replica"))
-	replicas := replica.String() + "," + withQuery.String()
-	secrets := []string{pw("userinfo"), pw("query"), pw("sslquery"), pw("pushgateway"), pw("keyword"), pw("replica")}
+	secrets := []string{pw("userinfo"), pw("query"), pw("sslquery"), pw("pushgateway"), pw("keyword")}
 
 	var out bytes.Buffer
 	try := func(want int, args []string, extra ...string) {
@@ -284,7 +281,7 @@ func TestPasswordsNeverShown(t *testing.T) {
 		}
 	}
 	for _, db := range []string{withUserinfo.String(), withQuery.String(), kv} {
-		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String(), "REPLICA_URLS=" + replicas}
+		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String()}
 		try(exitOK, []string{"run", "--help"}, env...)
 		try(exitConfig, []string{"run", "--no-such-flag"}, env...)
 		try(exitConfig, []string{"status", "--batch-size=x"}, env...)
