@@ -24,7 +24,9 @@ func TestFrozenInsidePage(t *testing.T) {
 	t.Parallel()
 	n := pick(1500, 10_000)
 	scen := fmt.Sprintf("5b pod frozen between fence and COMMIT (%d rows)", n)
-	const leaseTTL = 2 * time.Second
+	// 6 s, so the 3 s idle-in-transaction bound leaves a loaded machine time
+	// to see the frozen page's locks before Postgres ends its transaction.
+	const leaseTTL = 6 * time.Second
 	bound := leaseTTL / 2 // idle_in_transaction_session_timeout of a page transaction
 	w := newWorld(t, worldOpts{})
 	w.Seed(n, w.Old, 1)
