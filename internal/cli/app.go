@@ -20,6 +20,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/config"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/pacer"
 	"github.com/reencrypt/reencrypt/pkg/registry"
 )
 
@@ -70,6 +71,7 @@ type app struct {
 	pool   *pgxpool.Pool
 	kmsAPI kmsclient.KMS
 	budget *kmsclient.Budget
+	pacer  *pacer.Pacer // run only
 	cache  *kmsclient.Cache // one per process; purged by close
 
 	hooks batch.Hooks // installed by a test-only main; nil in production
@@ -185,12 +187,7 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
 	}
 	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
-	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
-	// Every relation the tool names is schema-qualified; functions and
-	// operators are not. Pinned, a role that may create objects in a schema
-	// of the database's search_path cannot shadow them (unnest,
-	// jsonb_build_object, =) with code run under this role.
-	pc.ConnConfig.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	pinSession(pc)
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
@@ -199,12 +196,25 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
+// pinSession sets what every connection of the tool's has: its name in
+// pg_stat_activity and a pinned search_path. Every relation the tool names
+// is schema-qualified; functions and operators are not. Pinned, a role that
+// may create objects in a schema of the database's search_path cannot
+// shadow them (unnest, jsonb_build_object, =) with code run under this role.
+func pinSession(pc *pgxpool.Config) {
+	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
+	pc.ConnConfig.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+}
+
 // kms builds the KMS client once, with this process's share of the budget.
 func (a *app) kms(ctx context.Context) (kmsclient.KMS, error) {
 	if a.kmsAPI != nil {
 		return a.kmsAPI, nil
 	}
 	a.budget = kmsclient.NewBudget(a.cfg.KMSRateLimit, a.cfg.ShardCount)
+	if !a.cfg.KMSAdaptive {
+		a.budget.Fixed()
+	}
 	c, err := kmsclient.New(ctx, kmsclient.Options{
 		MaxAttempts: a.cfg.KMSMaxAttempts,
 		Budget:      a.budget,

@@ -269,7 +269,10 @@ func TestPasswordsNeverShown(t *testing.T) {
 	gw.User = url.UserPassword("push", pw("pushgateway"))
 	kv := fmt.Sprintf("host=%s port=%s dbname=%s user=postgres password='%s' sslmode=disable",
 		u.Hostname(), u.Port(), strings.TrimPrefix(u.Path, "/"), pw("keyword"))
-	secrets := []string{pw("userinfo"), pw("query"), pw("sslquery"), pw("pushgateway"), pw("keyword")}
+	replica := *u
+	replica.User = url.UserPassword(u.User.Username(), pw("replica"))
+	replicas := replica.String() + "," + withQuery.String()
+	secrets := []string{pw("userinfo"), pw("query"), pw("sslquery"), pw("pushgateway"), pw("keyword"), pw("replica")}
 
 	var out bytes.Buffer
 	try := func(want int, args []string, extra ...string) {
@@ -281,7 +284,7 @@ func TestPasswordsNeverShown(t *testing.T) {
 		}
 	}
 	for _, db := range []string{withUserinfo.String(), withQuery.String(), kv} {
-		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String()}
+		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String(), "REPLICA_URLS=" + replicas}
 		try(exitOK, []string{"run", "--help"}, env...)
 		try(exitConfig, []string{"run", "--no-such-flag"}, env...)
 		try(exitConfig, []string{"status", "--batch-size=x"}, env...)

@@ -57,13 +57,18 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		return err
 	}
 	defer stopMetrics()
+	pace, stopPace, err := a.startPacer(ctx, db, store, checked.Table)
+	if err != nil {
+		return err
+	}
+	defer stopPace()
 
 	engine, err := batch.New(batch.Config{
 		Table: checked.Table, Old: checked.Old, New: checked.New,
 		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace,
 		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
 		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout, LockTimeout: cfg.LockTimeout,
-		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks,
+		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks, Pacer: pace,
 	}, db, store, kc, a.log, a.metrics)
 	if err != nil {
 		return err

@@ -44,6 +44,13 @@ type statusReport struct {
 	Rows *census.Census `json:"rows,omitempty"`
 	Runs []runStatus    `json:"runs"`
 	Note string         `json:"note,omitempty"`
+	// Pace is the operator's controls and what holds each live pod back.
+	Pace *paceStatus `json:"pace,omitempty"`
+}
+
+type paceStatus struct {
+	Controls checkpoint.Controls      `json:"controls"`
+	Pods     []checkpoint.PacerReport `json:"pods"`
 }
 
 type rowCounts struct {
@@ -149,6 +156,13 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 	if exists {
 		if runs, err = store.Runs(ctx, t.Qualified()); err != nil {
 			return tempErr(err)
+		}
+		c, pods, ok, err := store.Pace(ctx, t.Qualified())
+		if err != nil {
+			return tempErr(err)
+		}
+		if ok {
+			rep.Pace = &paceStatus{Controls: c, Pods: pods}
 		}
 	}
 	if o.run != "" {
@@ -443,6 +457,14 @@ func (r *statusReport) print(w io.Writer, allRanges bool) {
 	}
 	if r.Note != "" {
 		fmt.Fprintf(w, "\n%s\n", r.Note)
+	}
+	if p := r.Pace; p != nil && (p.Controls.UpdatedBy != "" || len(p.Pods) > 0) {
+		fmt.Fprintf(w, "\npace: %s", describeControls(p.Controls))
+		if p.Controls.UpdatedBy != "" {
+			fmt.Fprintf(w, " (set by %s at %s)", p.Controls.UpdatedBy, shortTime(p.Controls.UpdatedAt))
+		}
+		fmt.Fprintln(w)
+		printPods(w, p.Pods)
 	}
 	for i := range r.Runs {
 		r.Runs[i].print(w, allRanges)

@@ -328,6 +328,13 @@ func (p *progress) logLine() {
 	if s.haveETA {
 		attrs = append(attrs, "eta_s", int64(s.eta.Seconds()), "eta", human(s.eta))
 	}
+	if p.a.pacer != nil {
+		state, why := p.a.pacer.State()
+		attrs = append(attrs, "pace", state)
+		if len(why) > 0 {
+			attrs = append(attrs, "held_by", why)
+		}
+	}
 	p.a.log.Info("progress", attrs...)
 }
 

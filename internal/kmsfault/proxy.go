@@ -19,6 +19,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // Faults is what the proxy does to each request. Rates are probabilities in
@@ -33,6 +35,11 @@ type Faults struct {
 	// Deny answers AccessDeniedException to any request whose body mentions
 	// one of these key ARNs or ids.
 	Deny []string
+	// Quota, when > 0, is a request rate shared by every client of the
+	// proxy, enforced like KMS enforces an account's quota: a token bucket
+	// (a tenth of a second's worth of burst) answering ThrottlingException
+	// to requests above it.
+	Quota float64
 }
 
 // Proxy forwards KMS JSON requests to an upstream endpoint.
@@ -41,11 +48,13 @@ type Proxy struct {
 	ln       net.Listener
 	upstream *httputil.ReverseProxy
 
-	mu     sync.Mutex
-	faults Faults
-	counts map[string]int64 // forwarded requests by operation
-	total  atomic.Int64     // every request seen, faulted or not
-	window rateWindow
+	mu        sync.Mutex
+	faults    Faults
+	quota     *rate.Limiter    // nil without Faults.Quota
+	throttled atomic.Int64     // ThrottlingException answers, injected or by quota
+	counts    map[string]int64 // forwarded requests by operation
+	total     atomic.Int64     // every request seen, faulted or not
+	window    rateWindow
 }
 
 // Start listens on a free loopback port and forwards to upstream
@@ -78,8 +87,16 @@ func (p *Proxy) Close() error { return p.srv.Close() }
 func (p *Proxy) Set(f Faults) {
 	p.mu.Lock()
 	p.faults = f
+	p.quota = nil
+	if f.Quota > 0 {
+		p.quota = rate.NewLimiter(rate.Limit(f.Quota), max(1, int(f.Quota/10)))
+	}
 	p.mu.Unlock()
 }
+
+// Throttled counts the ThrottlingException answers since the last
+// ResetCounts, injected or for the quota.
+func (p *Proxy) Throttled() int64 { return p.throttled.Load() }
 
 // Counts returns the requests forwarded upstream, by operation ("Decrypt", ...).
 func (p *Proxy) Counts() map[string]int64 {
@@ -102,6 +119,7 @@ func (p *Proxy) ResetCounts() {
 	p.window = rateWindow{}
 	p.mu.Unlock()
 	p.total.Store(0)
+	p.throttled.Store(0)
 }
 
 // MaxRate is the largest number of requests received in any one-second
@@ -125,9 +143,14 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	r.Body = io.NopCloser(bytes.NewReader(body))
 
 	p.mu.Lock()
-	f := p.faults
+	f, quota := p.faults, p.quota
 	p.window.add(time.Now())
 	p.mu.Unlock()
+	if quota != nil && !quota.Allow() {
+		p.throttled.Add(1)
+		writeError(w, http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
+		return
+	}
 
 	if d := f.Latency + jitter(f.Jitter); d > 0 {
 		select {
@@ -153,6 +176,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		<-r.Context().Done()
 		return
 	case hit(f.Throttle):
+		p.throttled.Add(1)
 		writeError(w, http.StatusBadRequest, "ThrottlingException", "Rate exceeded")
 		return
 	case hit(f.Error5xx):

@@ -51,6 +51,10 @@ type Config struct {
 	ConflictRetries int           // re-reads of rows the live API changed (3)
 	Owner           string        // this process in leases and logs
 
+	// Pacer, when set, is asked before every page and told how long every
+	// commit took (package pacer): pause, throttles, replica lag.
+	Pacer Pacer
+
 	Hooks Hooks // tests only (see hooks.go); nil in production
 }
 
@@ -96,6 +100,14 @@ func (c Config) Validate() error {
 		return configErrorf("lease ttl %s: want at least 1s", c.LeaseTTL)
 	}
 	return nil
+}
+
+// Pacer decides when the next page may start; see package pacer.
+type Pacer interface {
+	// BeforePage waits until a page may start; it fails only when ctx ends.
+	BeforePage(ctx context.Context) error
+	// AfterPage is told how long a page's commit took.
+	AfterPage(commit time.Duration)
 }
 
 // Engine rotates one table. Build it with New; Run may be called once.
@@ -365,6 +377,14 @@ func (e *Engine) workRange(ctx context.Context, l *checkpoint.Lease, log *slog.L
 		if ctx.Err() != nil {
 			e.release(l, log)
 			return ErrInterrupted
+		}
+		if p := e.cfg.Pacer; p != nil {
+			// Held back (paused, throttled) with no transaction open; the
+			// lease is still renewed. A signal ends the wait at once.
+			if err := p.BeforePage(ctx); err != nil {
+				e.release(l, log)
+				return ErrInterrupted
+			}
 		}
 		done, err := e.pageWithRetry(work, l, log)
 		if err != nil {

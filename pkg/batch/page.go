@@ -137,6 +137,9 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	}
 
 	took := time.Since(start)
+	if e.cfg.Pacer != nil {
+		e.cfg.Pacer.AfterPage(commitTook)
+	}
 	e.metrics.PageDuration.Observe(took.Seconds())
 	log.Debug("page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
 		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())

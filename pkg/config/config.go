@@ -51,6 +51,11 @@ type Config struct {
 	LockTimeout  time.Duration `env:"LOCK_TIMEOUT" envDefault:"5s" help:"longest wait of a page transaction for a row lock held by another transaction (the page is then retried)"`
 	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
 
+	KMSAdaptive      bool          `env:"KMS_ADAPTIVE" envDefault:"true" help:"follow KMS throttling: the KMS rate backs off and recovers under KMS_RATE_LIMIT, together with the other pods (false: a fixed budget)"`
+	MaxRowsPerSecond float64       `env:"MAX_ROWS_PER_SECOND" envDefault:"0" help:"rows per second for the whole Job, split across the live pods (0 = unlimited)"`
+	MaxReplicaLag    time.Duration `env:"MAX_REPLICA_LAG" envDefault:"5s" help:"pages wait while a streaming replica lags more than this, until it is under half of it (0 = replicas not watched)"`
+	ReplicaURLs      string        `env:"REPLICA_URLS" envDefault:"" help:"comma-separated URLs of replicas the primary's pg_stat_replication does not show (e.g. RDS read replicas), watched for MAX_REPLICA_LAG"`
+
 	MetricsAddr    string `env:"METRICS_ADDR" envDefault:"" help:"serve /metrics on this address while running (e.g. :9090)"`
 	PushgatewayURL string `env:"PUSHGATEWAY_URL" envDefault:"" help:"push final metrics to this Prometheus Pushgateway"`
 	LogLevel       string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
@@ -110,7 +115,7 @@ func Flags(fs *flag.FlagSet, cfg *Config) {
 			if secretBearing[name] {
 				// The default shown by --help and usage errors comes from
 				// the environment: it may hold a password.
-				fs.Lookup(flagName).DefValue = RedactURL(*p)
+				fs.Lookup(flagName).DefValue = redactValue(name, *p)
 			}
 		case *int:
 			fs.IntVar(p, flagName, *p, help)
@@ -174,6 +179,17 @@ func (c *Config) Validate() error {
 	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
 		bad("STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
 	}
+	if c.MaxRowsPerSecond < 0 {
+		bad("MAX_ROWS_PER_SECOND %v: want >= 0", c.MaxRowsPerSecond)
+	}
+	if c.MaxReplicaLag < 0 {
+		bad("MAX_REPLICA_LAG %s: want >= 0", c.MaxReplicaLag)
+	}
+	for i, r := range c.Replicas() {
+		if u, err := url.Parse(r); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			bad("REPLICA_URLS entry %d is not a postgres:// URL (value not shown: it may hold a password)", i+1)
+		}
+	}
 	if c.PushgatewayURL != "" {
 		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
 			// Not echoed: a malformed URL is not reliably redacted.
@@ -229,15 +245,39 @@ func (c *Config) Redacted() map[string]any {
 		name := t.Field(i).Tag.Get("env")
 		val := v.Field(i).Interface()
 		if secretBearing[name] {
-			val = RedactURL(fmt.Sprint(val))
+			val = redactValue(name, fmt.Sprint(val))
 		}
 		out[name] = fmt.Sprint(val)
 	}
 	return out
 }
 
+// Replicas are the entries of REPLICA_URLS.
+func (c *Config) Replicas() []string {
+	var out []string
+	for _, r := range strings.Split(c.ReplicaURLs, ",") {
+		if r = strings.TrimSpace(r); r != "" {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // secretBearing are the variables whose value may hold a password.
-var secretBearing = map[string]bool{"DATABASE_URL": true, "PUSHGATEWAY_URL": true}
+var secretBearing = map[string]bool{"DATABASE_URL": true, "PUSHGATEWAY_URL": true, "REPLICA_URLS": true}
+
+// redactValue masks the passwords of a secret-bearing variable: each URL of
+// a comma-separated list.
+func redactValue(name, s string) string {
+	if name != "REPLICA_URLS" {
+		return RedactURL(s)
+	}
+	parts := strings.Split(s, ",")
+	for i, p := range parts {
+		parts[i] = RedactURL(strings.TrimSpace(p))
+	}
+	return strings.Join(parts, ",")
+}
 
 // kvPassword is a password in a keyword/value connection string.
 var kvPassword = regexp.MustCompile(`\b(ssl)?password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)`)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"sync"
 	"time"
 
 	awsmiddleware "github.com/aws/aws-sdk-go-v2/aws/middleware"
@@ -12,36 +13,122 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// Budget is the process's share of the cluster-wide KMS request rate. It is a
-// token bucket that every HTTP attempt waits on, so retries count too.
+// Budget is this process's share of the KMS request rate. It is a token
+// bucket that every HTTP attempt waits on, so retries count too, and it is
+// adaptive: KMS quotas are per account and region and shared with the live
+// API, so KMS_RATE_LIMIT is only a ceiling; the rate actually used follows
+// the throttling KMS answers with, additive increase and multiplicative
+// decrease (AIMD, as TCP does):
+//
+//   - Attempts are judged in windows of adaptWindow. A window whose share
+//     of throttled attempts rises above the noise level (2 × the lowest
+//     share of the last noiseWindows windows, at most maxNoise, + 2 %)
+//     multiplies the rate by decreaseFactor, from the rate actually sent in
+//     that window. Throttling that does not depend on our rate (a noisy
+//     neighbour, a flaky endpoint) sets the noise level and does not slow
+//     the run down; throttling that grows with our rate (a quota) does:
+//     under a quota the rate dips below it at least once a cycle, and those
+//     windows bring the noise level back to zero.
+//   - Any other window adds ceiling/increaseSteps, and after quietWindows
+//     windows in a row without a decrease, more each window (× 1 + n/2 in
+//     the n-th window past them): slow near the rate that was throttled,
+//     faster the longer KMS stays quiet, so the full rate is back within
+//     seconds after throttling stops.
+//
+// The SDK's adaptive retry mode (aws/retry.AdaptiveMode) does the same per
+// client with CUBIC, but it has no ceiling, treats any throttling as a
+// quota, and its state cannot be shared between pods; see Share.
 type Budget struct {
 	limiter *rate.Limiter
-	perSec  float64
+	ceiling float64 // KMS_RATE_LIMIT's share for this process; +Inf = none
+
+	mu        sync.Mutex
+	now       func() time.Time
+	perSec    float64 // the rate in force; ≤ ceiling
+	winStart  time.Time
+	attempts  int64 // in the current window
+	throttled int64
+	recent    []float64 // throttled shares of the last judged windows
+	decreases int64
+	clean     int     // windows in a row without a decrease
+	fixed     bool    // KMS_ADAPTIVE=false: never adapts
+	cap       float64 // an outside cap (operator, shared budget); +Inf = none
 }
+
+// Adaptation constants; see Budget.
+const (
+	adaptWindow     = 500 * time.Millisecond
+	minJudged       = 20   // attempts a window needs to be judged
+	decreaseFactor  = 0.8  // of the rate sent in the throttled window
+	increaseSteps   = 40   // the first step after a decrease is a 40th of the ceiling
+	noiseWindows    = 16   // windows the noise level is taken over (8 s)
+	quietWindows    = 4    // clean windows before the increase speeds up
+	maxNoise        = 0.15 // above 2 × this, throttling is always a quota
+	noiseMargin     = 0.02 // throttled share above 2 × noise that is a quota
+	unlimitedGrowth = 0.1  // rate growth per window when there is no ceiling
+)
 
 // NewBudget returns a budget of perSec requests per second for this process:
 // clusterPerSec divided by the number of processes sharing it. A zero or
-// negative rate means unlimited.
+// negative rate means no ceiling: the budget is unlimited until KMS
+// throttles, then adapts.
 func NewBudget(clusterPerSec float64, processes int) *Budget {
 	if processes < 1 {
 		processes = 1
 	}
-	perSec := clusterPerSec / float64(processes)
-	if perSec <= 0 {
-		return &Budget{limiter: rate.NewLimiter(rate.Inf, 0), perSec: math.Inf(1)}
+	ceiling := clusterPerSec / float64(processes)
+	if ceiling <= 0 {
+		ceiling = math.Inf(1)
 	}
-	// A token bucket lets through refill×T + burst requests in any window T.
-	// Refilling at perSec − 2·burst keeps every one-second window, the span
-	// KMS quotas are measured on, a burst below perSec, which leaves room for
-	// requests that leave here in one second and reach KMS in the next. A
-	// burst of 2 % lets a page start without waiting.
-	burst := max(1, int(perSec/50))
-	refill := max(perSec-2*float64(burst), perSec/2)
-	return &Budget{limiter: rate.NewLimiter(rate.Limit(refill), burst), perSec: perSec}
+	b := &Budget{limiter: rate.NewLimiter(rate.Inf, 0), ceiling: ceiling, now: time.Now, cap: math.Inf(1)}
+	b.setRate(ceiling)
+	return b
 }
 
-// PerSecond is the budget's rate; +Inf when unlimited.
-func (b *Budget) PerSecond() float64 { return b.perSec }
+// setRate applies r to the token bucket. A token bucket lets through
+// refill×T + burst requests in any window T. Refilling at r − 2·burst keeps
+// every one-second window, the span KMS quotas are measured on, a burst
+// below r, which leaves room for requests that leave here in one second and
+// reach KMS in the next. A burst of 2 % lets a page start without waiting.
+func (b *Budget) setRate(r float64) {
+	b.perSec = r
+	if math.IsInf(r, 1) {
+		b.limiter.SetLimit(rate.Inf)
+		return
+	}
+	burst := max(1, int(r/50))
+	refill := max(r-2*float64(burst), r/2)
+	b.limiter.SetBurst(burst)
+	b.limiter.SetLimit(rate.Limit(refill))
+}
+
+// PerSecond is the rate in force now; +Inf when unlimited.
+func (b *Budget) PerSecond() float64 {
+	if b == nil {
+		return math.Inf(1)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.perSec
+}
+
+// Ceiling is the most this budget will ever send per second (+Inf: none).
+func (b *Budget) Ceiling() float64 {
+	if b == nil {
+		return math.Inf(1)
+	}
+	return b.ceiling
+}
+
+// Decreases counts the times the budget slowed down for throttling.
+func (b *Budget) Decreases() int64 {
+	if b == nil {
+		return 0
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.decreases
+}
 
 // Wait blocks until one request may be sent.
 func (b *Budget) Wait(ctx context.Context) error {
@@ -51,14 +138,132 @@ func (b *Budget) Wait(ctx context.Context) error {
 	return b.limiter.Wait(ctx)
 }
 
-// Concurrency is how many requests must be in flight to use the budget fully
-// when one request takes latency: Little's law (rate × latency) with 50 %
+// Fixed turns adaptation off: the budget stays at its ceiling whatever KMS
+// answers (KMS_ADAPTIVE=false; caps still apply). It returns b.
+func (b *Budget) Fixed() *Budget {
+	if b != nil {
+		b.mu.Lock()
+		b.fixed = true
+		b.mu.Unlock()
+	}
+	return b
+}
+
+// observe counts one attempt's answer and, at the end of a window, adapts.
+func (b *Budget) observe(throttled bool) {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fixed {
+		return
+	}
+	now := b.now()
+	if b.winStart.IsZero() {
+		b.winStart = now
+	}
+	if elapsed := now.Sub(b.winStart); elapsed >= adaptWindow {
+		b.judge(elapsed)
+		b.winStart, b.attempts, b.throttled = now, 0, 0
+	}
+	b.attempts++
+	if throttled {
+		b.throttled++
+	}
+}
+
+// judge ends a window of elapsed length.
+func (b *Budget) judge(elapsed time.Duration) {
+	if b.attempts < minJudged {
+		if b.throttled == 0 {
+			b.increase()
+		}
+		return
+	}
+	share := float64(b.throttled) / float64(b.attempts)
+	noise := maxNoise
+	for _, s := range b.recent {
+		noise = min(noise, s)
+	}
+	if len(b.recent) == 0 {
+		noise = 0
+	}
+	b.recent = append(b.recent, share)
+	if len(b.recent) > noiseWindows {
+		b.recent = b.recent[1:]
+	}
+	if share > 2*noise+noiseMargin {
+		sent := float64(b.attempts) / elapsed.Seconds()
+		b.decreases++
+		b.clean = 0
+		b.setRate(max(min(b.perSec, sent)*decreaseFactor, 1))
+		return
+	}
+	b.increase()
+}
+
+func (b *Budget) increase() {
+	limit := min(b.ceiling, b.cap)
+	if b.perSec >= limit {
+		if b.perSec > limit {
+			b.setRate(limit)
+		}
+		return
+	}
+	b.clean++
+	step := limit / increaseSteps * (1 + float64(max(b.clean-quietWindows, 0))/2)
+	if math.IsInf(limit, 1) {
+		step = max(b.perSec*unlimitedGrowth, 1)
+	}
+	b.setRate(min(b.perSec+step, limit))
+}
+
+// Follow slows the budget down as if it had been throttled itself: another
+// pod sharing the quota was, and pods that back off together converge on
+// the quota together instead of one pod giving way to the others.
+func (b *Budget) Follow() {
+	if b == nil {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.fixed || math.IsInf(b.perSec, 1) {
+		return // fixed, or no rate to slow down from: its own throttling will set one
+	}
+	b.clean = 0
+	b.setRate(max(b.perSec*decreaseFactor, 1))
+}
+
+// SetCap caps the budget below its ceiling (an operator's throttle, or this
+// pod's share of a budget shared with other pods); +Inf or ≤ 0 removes it.
+// The rate drops to the cap at once and grows back to it as usual.
+func (b *Budget) SetCap(perSec float64) {
+	if b == nil {
+		return
+	}
+	if perSec <= 0 {
+		perSec = math.Inf(1)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.cap = perSec
+	switch {
+	case b.fixed: // no adaptation to grow it back: the cap applies as is
+		b.setRate(min(b.ceiling, perSec))
+	case b.perSec > perSec:
+		b.setRate(perSec)
+	}
+}
+
+// Concurrency is how many requests must be in flight to use the budget's
+// ceiling fully when one request takes latency: Little's law (rate × latency) with 50 %
 // headroom, clamped to [minC, maxC]. An unlimited budget gets maxC.
 func (b *Budget) Concurrency(latency time.Duration, minC, maxC int) int {
-	if b == nil || math.IsInf(b.perSec, 1) {
+	if b == nil || math.IsInf(b.ceiling, 1) {
 		return maxC
 	}
-	n := int(math.Ceil(b.perSec * latency.Seconds() * 1.5))
+	n := int(math.Ceil(b.ceiling * latency.Seconds() * 1.5))
 	return min(max(n, minC), maxC)
 }
 
@@ -78,8 +283,10 @@ func attemptMiddleware(budget *Budget, observe Observer) func(*middleware.Stack)
 				}
 				start := time.Now()
 				out, md, err := next.HandleFinalize(ctx, in)
+				result := resultOf(err)
+				budget.observe(result == "throttled")
 				if observe != nil {
-					observe(awsmiddleware.GetOperationName(ctx), resultOf(err), time.Since(start))
+					observe(awsmiddleware.GetOperationName(ctx), result, time.Since(start))
 				}
 				return out, md, err
 			}), middleware.After)

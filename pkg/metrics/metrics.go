@@ -21,6 +21,9 @@ type Metrics struct {
 	Ranges        *prometheus.GaugeVec     // reencrypt_ranges{state}
 	LastSuccess   prometheus.Gauge         // reencrypt_last_success_timestamp_seconds
 	FencedCommits prometheus.Counter       // reencrypt_fenced_commits_total
+	Held          *prometheus.GaugeVec     // reencrypt_held{reason}: 1 while the pacer holds pages back for reason
+	KMSBudget     prometheus.Gauge         // reencrypt_kms_budget_per_second
+	ReplicaLag    prometheus.Gauge         // reencrypt_replica_lag_seconds
 }
 
 // Row outcomes, the values of the "outcome" label.
@@ -73,16 +76,44 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "reencrypt_fenced_commits_total",
 			Help: "Page commits refused because another process took over the range's lease.",
 		}),
+		Held: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reencrypt_held",
+			Help: "1 while pages are held back or slowed for the reason (paused, replica_lag, database_busy, rows_rate, kms_throttling, kms_rate).",
+		}, []string{"reason"}),
+		KMSBudget: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "reencrypt_kms_budget_per_second",
+			Help: "KMS requests per second this process may send now (adaptive; 0 when unlimited).",
+		}),
+		ReplicaLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "reencrypt_replica_lag_seconds",
+			Help: "Largest replay lag of the watched replicas at the last check.",
+		}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Rows, m.KMSRequests, m.KMSLatency, m.PageDuration, m.PageFailures,
-			m.RowsRemaining, m.Ranges, m.LastSuccess, m.FencedCommits)
+			m.RowsRemaining, m.Ranges, m.LastSuccess, m.FencedCommits, m.Held, m.KMSBudget, m.ReplicaLag)
+	}
+	for _, r := range HeldReasons {
+		m.Held.WithLabelValues(r)
 	}
 	for _, o := range []string{OutcomeRotated, OutcomeSkipped, OutcomeOtherKey, OutcomeQuarantined, OutcomeConflict} {
 		m.Rows.WithLabelValues(o)
 	}
 	return m
 }
+
+// Reasons the pacer holds pages back or slows them down.
+const (
+	HeldPaused        = "paused"         // an operator paused the Job
+	HeldReplicaLag    = "replica_lag"    // a replica is behind by more than MAX_REPLICA_LAG
+	HeldDatabaseBusy  = "database_busy"  // commits take well over their baseline
+	HeldRowsRate      = "rows_rate"      // MAX_ROWS_PER_SECOND or the operator's rows cap
+	HeldKMSThrottling = "kms_throttling" // KMS throttled: the adaptive budget is below its ceiling
+	HeldKMSRate       = "kms_rate"       // the operator's KMS cap
+)
+
+// HeldReasons lists every reason, for dashboards and tests.
+var HeldReasons = []string{HeldPaused, HeldReplicaLag, HeldDatabaseBusy, HeldRowsRate, HeldKMSThrottling, HeldKMSRate}
 
 // ObserveKMS records one KMS attempt; it fits kmsclient.Observer.
 func (m *Metrics) ObserveKMS(operation, result string, took time.Duration) {

@@ -1,0 +1,163 @@
+package kmsclient
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+	"time"
+)
+
+// sim drives a Budget with simulated time: every tick the engine sends what
+// its rate allows, and kms decides which attempts are throttled.
+type sim struct {
+	b   *Budget
+	now time.Time
+	rng *rand.Rand
+	// engineSent and apiSent/apiThrottled are counted after warmUp.
+	warmUp                time.Duration
+	elapsed               time.Duration
+	engineSent, engineOK  float64
+	apiSent, apiThrottled float64
+	minRate, maxRate      float64
+}
+
+const tick = 10 * time.Millisecond
+
+func newSim(ceiling float64) *sim {
+	s := &sim{b: NewBudget(ceiling, 1), now: time.Unix(1_000_000, 0), rng: rand.New(rand.NewPCG(1, 2)),
+		minRate: math.Inf(1)}
+	s.b.now = func() time.Time { return s.now }
+	return s
+}
+
+// run advances d. throttle says whether one attempt is throttled, given
+// whether it is the API's.
+func (s *sim) run(d time.Duration, apiPerSec float64, throttle func(api bool) bool) {
+	var engineCarry, apiCarry float64
+	for end := s.elapsed + d; s.elapsed < end; s.elapsed += tick {
+		s.now = s.now.Add(tick)
+		counted := s.elapsed >= s.warmUp
+		r := s.b.PerSecond()
+		if counted {
+			s.minRate, s.maxRate = min(s.minRate, r), max(s.maxRate, r)
+		}
+		// This tick's attempts, the API's and the engine's, in random order.
+		var order []bool // true = the API's
+		for apiCarry += apiPerSec * tick.Seconds(); apiCarry >= 1; apiCarry-- {
+			order = append(order, true)
+		}
+		for engineCarry += r * tick.Seconds(); engineCarry >= 1; engineCarry-- {
+			order = append(order, false)
+		}
+		s.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
+		for _, api := range order {
+			th := throttle(api)
+			switch {
+			case api && counted:
+				s.apiSent++
+				if th {
+					s.apiThrottled++
+				}
+			case !api:
+				s.b.observe(th)
+				if counted {
+					s.engineSent++
+					if !th {
+						s.engineOK++
+					}
+				}
+			}
+		}
+	}
+}
+
+func (s *sim) engineRate() float64 { return s.engineOK / (s.elapsed - s.warmUp).Seconds() }
+
+// quota is a token bucket of perSec with a tenth of a second of burst,
+// shared by the engine and the API, as KMS enforces an account's quota.
+func (s *sim) quota(perSec float64) func(bool) bool {
+	tokens, last := perSec/10, s.now
+	return func(bool) bool {
+		tokens = min(perSec/10, tokens+s.now.Sub(last).Seconds()*perSec)
+		last = s.now
+		if tokens >= 1 {
+			tokens--
+			return false
+		}
+		return true
+	}
+}
+
+// The user sets KMS_RATE_LIMIT to the whole quota Q, not knowing that the
+// live API uses 0.3 Q of it: the budget must settle under what is left
+// (0.7 Q), use most of it, and leave the API almost never throttled.
+func TestBudgetSettlesUnderASharedQuota(t *testing.T) {
+	const q = 1000.0
+	s := newSim(q)
+	s.warmUp = 10 * time.Second
+	s.run(70*time.Second, 0.3*q, s.quota(q))
+	got := s.engineRate()
+	apiShare := s.apiThrottled / s.apiSent
+	t.Logf("engine %.0f/s accepted (%.2f of the 0.7 Q left), rate %.0f..%.0f; API throttled %.2f %%; %d decreases",
+		got, got/(0.7*q), s.minRate, s.maxRate, 100*apiShare, s.b.Decreases())
+	if got < 0.85*0.7*q {
+		t.Errorf("engine sustained %.0f/s, want at least 0.85 × 0.7 Q = %.0f", got, 0.85*0.7*q)
+	}
+	if got > 0.7*q*1.02 {
+		t.Errorf("engine sustained %.0f/s, more than the %.0f the API leaves", got, 0.7*q)
+	}
+	if apiShare > 0.02 {
+		t.Errorf("the API was throttled %.2f %% of the time, want at most 2 %%", 100*apiShare)
+	}
+}
+
+// Throttling that does not depend on our rate (10 % of answers at random,
+// no quota) is noise: the budget must keep at least 0.8 of its ceiling.
+func TestBudgetIgnoresRandomThrottling(t *testing.T) {
+	const ceiling = 1000.0
+	s := newSim(ceiling)
+	s.warmUp = 5 * time.Second
+	s.run(35*time.Second, 0, func(bool) bool { return s.rng.Float64() < 0.1 })
+	sent := s.engineSent / (s.elapsed - s.warmUp).Seconds()
+	t.Logf("sent %.0f/s (%.2f of the ceiling), rate %.0f..%.0f, %d decreases", sent, sent/ceiling, s.minRate, s.maxRate, s.b.Decreases())
+	if sent < 0.8*ceiling {
+		t.Errorf("sent %.0f/s under 10 %% random throttling, want at least 0.8 × %.0f", sent, ceiling)
+	}
+}
+
+// When throttling stops, the full rate is back within seconds.
+func TestBudgetRecoversWhenThrottlingStops(t *testing.T) {
+	const q = 1000.0
+	s := newSim(q)
+	s.run(20*time.Second, 0, s.quota(0.3*q)) // a quota far below the ceiling
+	if r := s.b.PerSecond(); r > 0.5*q {
+		t.Fatalf("rate %.0f/s under a 300/s quota, want it well below the ceiling", r)
+	}
+	var back time.Duration
+	for back = 0; back < 30*time.Second && s.b.PerSecond() < q; back += tick {
+		s.run(tick, 0, func(bool) bool { return false })
+	}
+	t.Logf("back to %.0f/s %s after throttling stopped", s.b.PerSecond(), back)
+	if back > 10*time.Second {
+		t.Errorf("rate took %s to recover, want at most 10 s", back)
+	}
+}
+
+// A cap (operator throttle, shared budget) bounds the rate at once and is
+// never exceeded while growing back.
+func TestBudgetCap(t *testing.T) {
+	s := newSim(1000)
+	s.b.SetCap(200)
+	if r := s.b.PerSecond(); r != 200 {
+		t.Fatalf("rate %.0f after SetCap(200)", r)
+	}
+	s.run(5*time.Second, 0, func(bool) bool { return false })
+	if r := s.b.PerSecond(); r != 200 {
+		t.Fatalf("rate %.0f after 5 s under a 200 cap", r)
+	}
+	s.b.SetCap(0)
+	s.run(25*time.Second, 0, func(bool) bool { return false })
+	if r := s.b.PerSecond(); r != 1000 {
+		t.Fatalf("rate %.0f after the cap was lifted, want the ceiling 1000", r)
+	}
+}
