@@ -71,7 +71,7 @@ type app struct {
 	pool   *pgxpool.Pool
 	kmsAPI kmsclient.KMS
 	budget *kmsclient.Budget
-	pacer  *pacer.Pacer // run only
+	pacer  *pacer.Pacer     // run only
 	cache  *kmsclient.Cache // one per process; purged by close
 
 	hooks batch.Hooks // installed by a test-only main; nil in production
