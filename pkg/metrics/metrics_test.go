@@ -23,12 +23,14 @@ func TestNamesFollowConventions(t *testing.T) {
 	m.Ranges.WithLabelValues("done").Set(1)
 	m.LastSuccess.SetToCurrentTime()
 	m.FencedCommits.Inc()
+	m.KMSBudget.Set(500)
+	m.ReplicaLag.Set(0.2)
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 9 {
-		t.Errorf("gathered %d families, want 9", len(mfs))
+	if len(mfs) != 12 {
+		t.Errorf("gathered %d families, want 12", len(mfs))
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
@@ -53,7 +55,8 @@ func TestLabelsAreFixed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	allowed := map[string]bool{"outcome": true, "operation": true, "result": true, "state": true}
+	// "reason" takes the fixed values of metrics.HeldReasons.
+	allowed := map[string]bool{"outcome": true, "operation": true, "result": true, "state": true, "reason": true}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
@@ -64,6 +67,9 @@ func TestLabelsAreFixed(t *testing.T) {
 		}
 		if mf.GetName() == "reencrypt_rows_total" && len(mf.GetMetric()) != 5 {
 			t.Errorf("reencrypt_rows_total has %d series before any row, want the 5 outcomes", len(mf.GetMetric()))
+		}
+		if mf.GetName() == "reencrypt_held" && len(mf.GetMetric()) != len(metrics.HeldReasons) {
+			t.Errorf("reencrypt_held has %d series, want one per reason (%d)", len(mf.GetMetric()), len(metrics.HeldReasons))
 		}
 	}
 }
