@@ -20,20 +20,29 @@ import (
 // the throttling KMS answers with, additive increase and multiplicative
 // decrease (AIMD, as TCP does):
 //
-//   - Attempts are judged in windows of adaptWindow. A window whose share
-//     of throttled attempts rises above the noise level (2 × the lowest
-//     share of the last noiseWindows windows, at most maxNoise, + 2 %)
-//     multiplies the rate by decreaseFactor, from the rate actually sent in
-//     that window. Throttling that does not depend on our rate (a noisy
-//     neighbour, a flaky endpoint) sets the noise level and does not slow
-//     the run down; throttling that grows with our rate (a quota) does:
-//     under a quota the rate dips below it at least once a cycle, and those
-//     windows bring the noise level back to zero.
+//   - Attempts are judged in windows of adaptWindow. Each window's share of
+//     throttled attempts is taken as an interval (Wilson, 2 standard
+//     deviations), so that a window of 30 attempts is not read as surely
+//     as one of 300. The noise level is the lowest upper bound of the last
+//     noiseWindows windows (at most maxNoise). A window whose lower bound is
+//     above the noise level + noiseMargin multiplies the rate by
+//     decreaseFactor, from the rate actually sent in that window.
+//     Throttling that does not depend on our rate (a noisy neighbour, a
+//     flaky endpoint) sets the noise level and does not slow the run down;
+//     throttling that grows with our rate (a quota) does: under a quota the
+//     rate dips below it at least once a cycle, and those windows bring the
+//     noise level back to zero.
+//   - Right after a decrease, a share that fell clearly but is still above
+//     the margin decreases again: the throttling follows our rate, so it is
+//     a quota, and we are still over it. This finds a quota that was
+//     exceeded from the first window, before any dip taught the noise level.
 //   - Any other window adds ceiling/increaseSteps, and after quietWindows
 //     windows in a row without a decrease, more each window (× 1 + n/2 in
-//     the n-th window past them): slow near the rate that was throttled,
-//     faster the longer KMS stays quiet, so the full rate is back within
-//     seconds after throttling stops.
+//     the n-th window past them): faster the longer KMS stays quiet, so the
+//     full rate is back within seconds after throttling stops. Within
+//     ± plateau of the rate last throttled the steps are small: that is
+//     where the quota was, and each window spent over it throttles the live
+//     API too.
 //
 // The SDK's adaptive retry mode (aws/retry.AdaptiveMode) does the same per
 // client with CUBIC, but it has no ceiling, treats any throttling as a
@@ -51,6 +60,8 @@ type Budget struct {
 	recent    []float64 // throttled shares of the last judged windows
 	decreases int64
 	clean     int     // windows in a row without a decrease
+	lastLow   float64 // the last judged window's least throttled share
+	peak      float64 // the rate last throttled into a decrease; 0 = none yet
 	fixed     bool    // KMS_ADAPTIVE=false: never adapts
 	cap       float64 // an outside cap (operator, shared budget); +Inf = none
 }
@@ -58,14 +69,16 @@ type Budget struct {
 // Adaptation constants; see Budget.
 const (
 	adaptWindow     = 500 * time.Millisecond
-	minJudged       = 20   // attempts a window needs to be judged
+	minJudged       = 20   // attempts a window with no throttling needs to count
+	wilsonZ         = 2.0  // standard deviations of a window's throttled share
 	decreaseFactor  = 0.8  // of the rate sent in the throttled window
 	increaseSteps   = 40   // the first step after a decrease is a 40th of the ceiling
 	noiseWindows    = 16   // windows the noise level is taken over (8 s)
 	quietWindows    = 4    // clean windows before the increase speeds up
 	maxNoise        = 0.15 // above 2 × this, throttling is always a quota
-	noiseMargin     = 0.02 // throttled share above 2 × noise that is a quota
+	noiseMargin     = 0.01 // throttled share above the noise that is a quota
 	unlimitedGrowth = 0.1  // rate growth per window when there is no ceiling
+	plateau         = 0.05 // ± share of the last throttled rate crept through
 )
 
 // NewBudget returns a budget of perSec requests per second for this process:
@@ -175,32 +188,52 @@ func (b *Budget) observe(throttled bool) {
 
 // judge ends a window of elapsed length.
 func (b *Budget) judge(elapsed time.Duration) {
-	if b.attempts < minJudged {
-		if b.throttled == 0 {
-			b.increase()
-		}
+	if b.attempts < minJudged && b.throttled == 0 {
+		b.increase() // too few attempts to learn from, none throttled
 		return
 	}
-	share := float64(b.throttled) / float64(b.attempts)
+	low, high := wilson(b.throttled, b.attempts)
+	// The noise level: the least throttling seen recently, each window
+	// taken at the most it could have been (its upper bound), so that a
+	// window that was lucky by chance does not pull the level to zero.
 	noise := maxNoise
 	for _, s := range b.recent {
 		noise = min(noise, s)
 	}
 	if len(b.recent) == 0 {
-		noise = 0
+		noise = 0 // nothing to compare with: any clear throttling slows down once
 	}
-	b.recent = append(b.recent, share)
+	b.recent = append(b.recent, high)
 	if len(b.recent) > noiseWindows {
 		b.recent = b.recent[1:]
 	}
-	if share > 2*noise+noiseMargin {
+	// Right after a decrease, a share that fell clearly but not to the
+	// noise level means the throttling follows our rate (a quota) and we
+	// are still over it: slow down again. A share that did not fall is
+	// noise, and the level learnt from this window says so.
+	followsRate := b.clean == 0 && b.decreases > 0 && high < b.lastLow && low > noiseMargin
+	b.lastLow = low
+	if followsRate || low > noise+noiseMargin {
 		sent := float64(b.attempts) / elapsed.Seconds()
 		b.decreases++
 		b.clean = 0
-		b.setRate(max(min(b.perSec, sent)*decreaseFactor, 1))
+		b.peak = min(b.perSec, sent)
+		b.setRate(max(b.peak*decreaseFactor, 1))
 		return
 	}
 	b.increase()
+}
+
+// wilson is the Wilson score interval of k successes in n trials at
+// wilsonZ standard deviations: where the true share lies, almost surely.
+func wilson(k, n int64) (low, high float64) {
+	if n == 0 {
+		return 0, 1
+	}
+	p, nf, z2 := float64(k)/float64(n), float64(n), wilsonZ*wilsonZ
+	center := (p + z2/(2*nf)) / (1 + z2/nf)
+	half := wilsonZ * math.Sqrt(p*(1-p)/nf+z2/(4*nf*nf)) / (1 + z2/nf)
+	return max(center-half, 0), min(center+half, 1)
 }
 
 func (b *Budget) increase() {
@@ -215,6 +248,11 @@ func (b *Budget) increase() {
 	step := limit / increaseSteps * (1 + float64(max(b.clean-quietWindows, 0))/2)
 	if math.IsInf(limit, 1) {
 		step = max(b.perSec*unlimitedGrowth, 1)
+	}
+	// Near the rate that was last throttled, creep: that is where the
+	// quota was, and time spent over it is time the live API is throttled.
+	if p := b.peak; p > 0 && b.perSec >= p*(1-plateau) && b.perSec < p*(1+plateau) {
+		step = min(step, max(p/increaseSteps/2, 1))
 	}
 	b.setRate(min(b.perSec+step, limit))
 }

@@ -104,32 +104,36 @@ func New(ctx context.Context, opts Options) (*kms.Client, error) {
 // newRetryer is the SDK's standard retryer without its client-side retry
 // quota: the quota is the component that turns throttling under concurrency
 // into hard failures; the Budget does the pacing instead. For the same
-// reason a throttled attempt is retried after a short delay (throttleBackoff)
-// rather than the SDK's exponential one, which starts at up to 2 s: with a
+// reason a throttled attempt is retried after a short delay (see
+// throttleAware) rather than the SDK's, which starts at up to 1 s: with a
 // worker blocked that long for every throttled answer, 10 % of throttling
-// cut a run to 11 % of its budget. Slowing down is the budget's job.
-func newRetryer(maxAttempts int, maxBackoff time.Duration) aws.Retryer {
-	return retry.NewStandard(func(o *retry.StandardOptions) {
+// cut a run to a tenth of its budget. Slowing down is the budget's job.
+// Every other error keeps the SDK's own backoff (50 ms base since the 2026
+// retry behaviour).
+func newRetryer(maxAttempts int, maxBackoff time.Duration) aws.RetryerV2 {
+	return throttleAware{Standard: retry.NewStandard(func(o *retry.StandardOptions) {
 		o.MaxAttempts = maxAttempts
 		o.MaxBackoff = maxBackoff
 		o.RateLimiter = ratelimit.None
-		o.Backoff = throttleBackoff{other: retry.NewExponentialJitterBackoff(maxBackoff), max: maxBackoff}
-	})
+	}), max: maxBackoff}
 }
 
-// throttleBackoff waits a random [0, 50 ms × 2^(attempt−1)) after a
-// throttled attempt, capped at max, and defers to other for every other
-// error.
-type throttleBackoff struct {
-	other retry.BackoffDelayer
-	max   time.Duration
+// throttleAware is the SDK's standard retryer with one change: after a
+// throttled attempt it waits a random [1 ms, 50 ms × 2^(attempt−1)), capped
+// at max.
+type throttleAware struct {
+	*retry.Standard
+	max time.Duration
 }
 
-func (b throttleBackoff) BackoffDelay(attempt int, err error) (time.Duration, error) {
+// throttleBase is the first retry's delay ceiling after a throttled attempt.
+const throttleBase = 50 * time.Millisecond
+
+func (r throttleAware) RetryDelay(attempt int, err error) (time.Duration, error) {
 	var ae smithy.APIError
 	if !errors.As(err, &ae) || !isThrottle(ae.ErrorCode()) {
-		return b.other.BackoffDelay(attempt, err)
+		return r.Standard.RetryDelay(attempt, err)
 	}
-	ceiling := min(50*time.Millisecond<<min(max(attempt-1, 0), 10), b.max)
+	ceiling := min(throttleBase<<min(max(attempt-1, 0), 10), r.max)
 	return rand.N(ceiling) + time.Millisecond, nil
 }
