@@ -20,6 +20,10 @@ import (
 // the throttling KMS answers with, additive increase and multiplicative
 // decrease (AIMD, as TCP does):
 //
+//   - A budget starts at a quarter of its ceiling and grows a quarter each
+//     window until KMS first throttles or the ceiling is reached (slow
+//     start, as TCP does), so that a Job starting next to a busy API does
+//     not empty the shared quota in its first second.
 //   - Attempts are judged in windows of adaptWindow. Each window's share of
 //     throttled attempts is taken as an interval (Wilson, 2 standard
 //     deviations), so that a window of 30 attempts is not read as surely
@@ -62,6 +66,7 @@ type Budget struct {
 	clean     int     // windows in a row without a decrease
 	lastLow   float64 // the last judged window's least throttled share
 	peak      float64 // the rate last throttled into a decrease; 0 = none yet
+	slowStart bool    // growing ×slowStartGrowth a window until the first throttling or the ceiling
 	fixed     bool    // KMS_ADAPTIVE=false: never adapts
 	cap       float64 // an outside cap (operator, shared budget); +Inf = none
 }
@@ -69,16 +74,20 @@ type Budget struct {
 // Adaptation constants; see Budget.
 const (
 	adaptWindow     = 500 * time.Millisecond
-	minJudged       = 20   // attempts a window with no throttling needs to count
-	wilsonZ         = 2.0  // standard deviations of a window's throttled share
-	decreaseFactor  = 0.8  // of the rate sent in the throttled window
-	increaseSteps   = 40   // the first step after a decrease is a 40th of the ceiling
-	noiseWindows    = 16   // windows the noise level is taken over (8 s)
-	quietWindows    = 4    // clean windows before the increase speeds up
-	maxNoise        = 0.15 // above 2 × this, throttling is always a quota
-	noiseMargin     = 0.01 // throttled share above the noise that is a quota
-	unlimitedGrowth = 0.1  // rate growth per window when there is no ceiling
-	plateau         = 0.05 // ± share of the last throttled rate crept through
+	minJudged       = 20    // attempts a window with no throttling needs to count
+	wilsonZ         = 2.0   // standard deviations of a window's throttled share
+	decreaseFactor  = 0.8   // of the rate sent in the throttled window
+	increaseSteps   = 40    // the first step after a decrease is a 40th of the ceiling
+	noiseWindows    = 16    // windows the noise level is taken over (8 s)
+	quietWindows    = 4     // clean windows before the increase speeds up
+	maxNoise        = 0.15  // above 2 × this, throttling is always a quota
+	noiseMargin     = 0.01  // throttled share above the noise that is a quota
+	unlimitedGrowth = 0.1   // rate growth per window when there is no ceiling
+	slowStartShare  = 0.25  // of the ceiling a new budget starts at
+	slowStartGrowth = 1.25  // per window, until KMS first throttles
+	plateauBelow    = 0.03  // the creeping starts this far under the last throttled rate
+	plateauAbove    = 0.05  // ... and ends this far over it
+	plateauStep     = 0.005 // of the last throttled rate per window while creeping
 )
 
 // NewBudget returns a budget of perSec requests per second for this process:
@@ -95,6 +104,10 @@ func NewBudget(clusterPerSec float64, processes int) *Budget {
 	}
 	b := &Budget{limiter: rate.NewLimiter(rate.Inf, 0), ceiling: ceiling, now: time.Now, cap: math.Inf(1)}
 	b.setRate(ceiling)
+	if !math.IsInf(ceiling, 1) {
+		b.slowStart = true
+		b.setRate(max(ceiling*slowStartShare, 1))
+	}
 	return b
 }
 
@@ -200,9 +213,9 @@ func (b *Budget) judge(elapsed time.Duration) {
 	for _, s := range b.recent {
 		noise = min(noise, s)
 	}
-	if len(b.recent) == 0 {
-		noise = 0 // nothing to compare with: any clear throttling slows down once
-	}
+	// With nothing to compare with yet, the first window is taken as noise
+	// up to maxNoise: slow start began under the quota, so a quota shows as
+	// a share that grows with the rate in the windows that follow.
 	b.recent = append(b.recent, high)
 	if len(b.recent) > noiseWindows {
 		b.recent = b.recent[1:]
@@ -217,6 +230,7 @@ func (b *Budget) judge(elapsed time.Duration) {
 		sent := float64(b.attempts) / elapsed.Seconds()
 		b.decreases++
 		b.clean = 0
+		b.slowStart = false
 		b.peak = min(b.perSec, sent)
 		b.setRate(max(b.peak*decreaseFactor, 1))
 		return
@@ -242,6 +256,11 @@ func (b *Budget) increase() {
 		if b.perSec > limit {
 			b.setRate(limit)
 		}
+		b.slowStart = false
+		return
+	}
+	if b.slowStart {
+		b.setRate(min(b.perSec*slowStartGrowth, limit))
 		return
 	}
 	b.clean++
@@ -251,8 +270,8 @@ func (b *Budget) increase() {
 	}
 	// Near the rate that was last throttled, creep: that is where the
 	// quota was, and time spent over it is time the live API is throttled.
-	if p := b.peak; p > 0 && b.perSec >= p*(1-plateau) && b.perSec < p*(1+plateau) {
-		step = min(step, max(p/increaseSteps/2, 1))
+	if p := b.peak; p > 0 && b.perSec >= p*(1-plateauBelow) && b.perSec < p*(1+plateauAbove) {
+		step = min(step, max(p*plateauStep, 1))
 	}
 	b.setRate(min(b.perSec+step, limit))
 }

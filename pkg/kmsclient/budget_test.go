@@ -186,3 +186,29 @@ func TestBudgetCap(t *testing.T) {
 		t.Fatalf("rate %.0f after the cap was lifted, want the ceiling 1000", r)
 	}
 }
+
+// A Job starting next to a busy API starts slowly (a quarter of the
+// ceiling, a quarter more every window): its first seconds do not empty the
+// shared quota, and with no throttling it is at the ceiling within 4 s.
+func TestBudgetStartsGently(t *testing.T) {
+	const q = 1000.0
+	s := newSim(q)
+	if r := s.b.PerSecond(); r != q/4 {
+		t.Fatalf("a new budget runs at %.0f/s, want a quarter of the ceiling %.0f", r, q/4)
+	}
+	s.run(5*time.Second, 0.3*q, s.quota(q))
+	apiShare := s.apiThrottled / s.apiSent
+	t.Logf("first 5 s next to an API using 0.3 Q: API throttled %.2f %%, engine %.0f/s accepted", 100*apiShare, s.engineRate())
+	if apiShare > 0.02 {
+		t.Errorf("the API was throttled %.2f %% of its first 5 s with the Job, want at most 2 %%", 100*apiShare)
+	}
+
+	quiet := newSim(q)
+	var full time.Duration
+	for full = 0; full < 10*time.Second && quiet.b.PerSecond() < q; full += tick {
+		quiet.run(tick, 0, func(bool) bool { return false })
+	}
+	if full > 4*time.Second {
+		t.Errorf("with no throttling the budget took %s to reach its ceiling, want at most 4 s", full)
+	}
+}
