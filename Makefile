@@ -4,7 +4,7 @@ SHELL := /bin/bash
 GO ?= go
 PKGS := ./...
 
-.PHONY: help build test test-race test-short fuzz bench bench-smoke soak demo lint clean
+.PHONY: help build test test-race test-short fuzz bench bench-smoke bench-online bench-online-smoke soak demo lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,13 @@ bench: ## side-by-side benchmark, 200,000 rows x 3 rounds (BENCH_FLAGS="-rows 10
 
 bench-smoke: ## CI-sized benchmark (3,000 rows): every row rotated and correct, KMS calls per row; never asserts timings
 	$(GO) run ./bench -smoke
+
+bench-online: ## the harm a rotation does to a live API (primary + streaming replica, KMS quota proxy): table on stdout, JSON in bin/
+	@mkdir -p bin
+	$(GO) run ./bench/online -json bin/bench-online.json $(BENCH_ONLINE_FLAGS)
+
+bench-online-smoke: ## CI-sized bench-online: pause obeyed, 0 API errors, every row rotated; never asserts timings
+	$(GO) run ./bench/online -smoke
 
 soak: ## the long fault scenarios (test/faults, SOAK=1: up to 2 h), then their figures as a table (also in bin/soak-table.md)
 	@mkdir -p bin

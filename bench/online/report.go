@@ -20,8 +20,12 @@ func (r *report) phase(name string) *phaseReport {
 func (r *report) judge(o options) {
 	fail := func(format string, a ...any) { r.Failures = append(r.Failures, fmt.Sprintf(format, a...)) }
 	for _, p := range r.Phases {
-		if p.API.Errors > 0 {
+		// unpaced is the reference: what a rotation did before it shared.
+		if p.API.Errors > 0 && p.Name != "unpaced" {
 			fail("%s: %d API errors, want 0", p.Name, p.API.Errors)
+		}
+		if p.Name != "baseline" && p.LeftUnderOld != 0 {
+			fail("%s: %d rows left under the key it rotated from, want 0", p.Name, p.LeftUnderOld)
 		}
 		for _, c := range p.Exit {
 			if c != 0 {

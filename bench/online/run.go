@@ -51,6 +51,7 @@ type phaseReport struct {
 	RowsPerS      float64  `json:"engine_rows_per_s,omitempty"`
 	EngineKMSPerS float64  `json:"engine_kms_per_s,omitempty"`
 	Exit          []int    `json:"exit_codes,omitempty"`
+	LeftUnderOld  int64    `json:"rows_left_under_old"` // after the rotation: rows still under the key it rotated from
 	// pause phase only
 	PauseStopS     float64 `json:"pause_stop_s,omitempty"`      // from `pause` returning to the last commit
 	PagesAfter     int64   `json:"pages_after_pause,omitempty"` // pages committed after `pause` returned
@@ -96,6 +97,7 @@ func run(ctx context.Context, o options) (*report, error) {
 		{"gentle", []string{"REPLICA_URLS=" + w.rdsn, "MAX_REPLICA_LAG=1s"}},
 	} {
 		r, err := w.rotate(ctx, ph.name, from, to, ph.env)
+		r.LeftUnderOld = w.rotated(ctx, from)
 		rep.Phases = append(rep.Phases, r)
 		if err != nil {
 			return rep, err
@@ -103,6 +105,7 @@ func run(ctx context.Context, o options) (*report, error) {
 		from, to = to, from
 	}
 	r, err := w.pausePhase(ctx, from, to)
+	r.LeftUnderOld = w.rotated(ctx, from)
 	rep.Phases = append(rep.Phases, r)
 	if err != nil {
 		return rep, err
@@ -234,10 +237,11 @@ func (w *world) env(from, to string, extra []string) []string {
 	env = append(env, "AWS_ENDPOINT_URL_KMS="+w.proxy.Endpoint(),
 		"DATABASE_URL="+w.dsn, "OLD_KEY_ID="+from, "NEW_KEY_ID="+to, "MODE=rewrap",
 		fmt.Sprintf("KMS_RATE_LIMIT=%g", w.o.quota), fmt.Sprintf("BATCH_SIZE=%d", w.o.batch),
-		"PROGRESS=off", "LOG_LEVEL=info", "LEASE_TTL=10s")
+		"PROGRESS=off", "LOG_LEVEL=info", "LEASE_TTL=20s")
 	return append(env, extra...)
 }
 
+// rotated counts the rows whose token names key `to`.
 func (w *world) rotated(ctx context.Context, to string) int64 {
 	var n int64
 	_ = w.db.QueryRow(ctx, `SELECT count(*) FROM payment_methods WHERE position($1::bytea IN encrypted_token) > 0`, []byte(to)).Scan(&n)
@@ -284,12 +288,16 @@ func (w *world) pausePhase(ctx context.Context, from, to string) (phaseReport, e
 		}
 		cmds = append(cmds, cmd)
 	}
-	pages := func() int64 {
-		var n int64
-		_ = w.db.QueryRow(ctx, `SELECT coalesce(sum(pages), 0) FROM reencrypt.ranges r JOIN reencrypt.runs u USING (run_id)
-			WHERE u.old_key_arn = $1 AND r.pass = u.pass`, from).Scan(&n)
-		return n
+	// What the pods committed, from their checkpoints: rows under `to`
+	// also grow with the API's own writes.
+	progress := func() (pages, rows int64) {
+		_ = w.db.QueryRow(ctx, `SELECT coalesce(sum(pages), 0), coalesce(sum(rows_rotated), 0)
+			FROM reencrypt.ranges r JOIN reencrypt.runs u USING (run_id)
+			WHERE u.old_key_arn = $1 AND r.pass = u.pass`, from).Scan(&pages, &rows)
+		return pages, rows
 	}
+	pages := func() int64 { n, _ := progress(); return n }
+	rotated := func() int64 { _, n := progress(); return n }
 	for w.rotated(ctx, to)-base < int64(w.o.rows/4) && ctx.Err() == nil {
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -309,9 +317,9 @@ func (w *world) pausePhase(ctx context.Context, from, to string) (phaseReport, e
 	}
 	r.PauseStopS = lastAt.Sub(paused).Seconds()
 	r.PagesAfter = last - atPause
-	before := w.rotated(ctx, to)
+	before := rotated()
 	time.Sleep(time.Second)
-	r.MovedWhilePaus = w.rotated(ctx, to) - before
+	r.MovedWhilePaus = rotated() - before
 	if err := w.operator(ctx, "resume"); err != nil {
 		return r, err
 	}

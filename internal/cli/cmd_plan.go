@@ -43,6 +43,7 @@ type planReport struct {
 	KMSCalls kmsCallPlan  `json:"kms_calls"`
 	Budget   budgetReport `json:"budget"`
 	Estimate timeEstimate `json:"estimate"`
+	WAL      walEstimate  `json:"wal"`
 	Checks   []string     `json:"checks"`
 	Warnings []string     `json:"warnings,omitempty"`
 	// Refusals are why the run would refuse this table (exit 78).
@@ -101,6 +102,15 @@ type budgetReport struct {
 	// PodRate is what one pod can reach: its budget, or what its calls in
 	// flight allow at the measured latency, whichever is lower.
 	PodRate float64 `json:"pod_rate_per_s"`
+}
+
+// walEstimate is the write-ahead log the run will write: bytes per row
+// measured on a sample page (batch.SampleWAL, rolled back), times the rows
+// under OLD. Zero when it could not be sampled (see Warnings).
+type walEstimate struct {
+	SampleRows  int     `json:"sample_rows"`
+	BytesPerRow float64 `json:"bytes_per_row"`
+	TotalBytes  int64   `json:"total_bytes"`
 }
 
 type timeEstimate struct {
@@ -185,6 +195,9 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	}
 	r.Budget, r.Estimate = a.estimate(checked.KMSLatency, r.KMSCalls)
 	if nullable == nil {
+		r.sampleWAL(ctx, a, checked.Table)
+	}
+	if nullable == nil {
 		r.Checks = append(r.Checks, fmt.Sprintf("table %s and audit table %s.%s have the columns the run needs (%s ids, unique, NOT NULL)",
 			t.Qualified(), t.Spec.Schema, t.Spec.AuditTable, t.IDType))
 	}
@@ -224,6 +237,26 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		return fmt.Errorf("plan: the run would refuse to start: %w", nullable)
 	}
 	return nil
+}
+
+// sampleWAL measures the run's WAL per row on one page, rolled back. It is
+// advice, not a check: a role without UPDATE on the table, or a busy page,
+// leaves a warning and the plan goes on.
+func (r *planReport) sampleWAL(ctx context.Context, a *app, t *batch.Table) {
+	db, err := a.db(ctx)
+	if err == nil {
+		var s batch.WALSample
+		s, err = batch.SampleWAL(ctx, db, t, a.cfg.BatchSize, a.cfg.LockTimeout.String())
+		if err == nil && s.Rows > 0 {
+			r.WAL = walEstimate{SampleRows: s.Rows, BytesPerRow: round2(s.PerRow()),
+				TotalBytes: int64(s.PerRow() * float64(r.Rows.UnderOld))}
+			return
+		}
+	}
+	if err == nil {
+		err = errors.New("no row to sample")
+	}
+	r.Warnings = append(r.Warnings, fmt.Sprintf("WAL not estimated: %v", redactErr(err)))
 }
 
 // addUnreachable counts the rows with a NULL id, which the run's cursor
@@ -290,7 +323,7 @@ func (a *app) estimate(latency time.Duration, calls kmsCallPlan) (budgetReport, 
 	b := budgetReport{KMSRateLimit: cfg.KMSRateLimit, ShardCount: cfg.ShardCount,
 		KMSLatencyMS: round2(float64(latency.Microseconds()) / 1000)}
 	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
-	perPod := budget.PerSecond()
+	perPod := budget.Ceiling() // the rate it starts towards, not its slow start
 	if !math.IsInf(perPod, 1) {
 		b.PerPod = round2(perPod)
 	}
@@ -314,7 +347,7 @@ func (a *app) estimate(latency time.Duration, calls kmsCallPlan) (budgetReport, 
 }
 
 func (r *planReport) print(w io.Writer) {
-	fmt.Fprintf(w, "reencrypt plan: dry run, nothing written\n\n")
+	fmt.Fprintf(w, "reencrypt plan: dry run, nothing kept (one sample page is swapped and rolled back to measure its WAL)\n\n")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "table\t%s (%s ids), mode %s, namespace %s\n", r.Table, r.IDType, r.Mode, r.Namespace)
 	fmt.Fprintf(tw, "OLD key\t%s → %s (%s)\n", r.OldKey.Ref, r.OldKey.ARN, r.OldKey.State)
@@ -369,6 +402,11 @@ func (r *planReport) print(w io.Writer) {
 	fmt.Fprintf(w, "  ~%s for the whole Job (%d pods), ~%s for one pod alone\n",
 		human(seconds(r.Estimate.JobSeconds)), r.Budget.ShardCount, human(seconds(r.Estimate.OnePodSeconds)))
 	fmt.Fprintf(w, "  (%s)\n", r.Estimate.Note)
+	if r.WAL.SampleRows > 0 {
+		fmt.Fprintf(w, "\nwrite-ahead log the run will write (size max_wal_size and replica bandwidth for it)\n")
+		fmt.Fprintf(w, "  ~%s: %s bytes per row (measured on a page of %d rows, rolled back) × %s rows under OLD\n",
+			bytesHuman(r.WAL.TotalBytes), num(int64(r.WAL.BytesPerRow)), r.WAL.SampleRows, num(r.Rows.UnderOld))
+	}
 
 	fmt.Fprintf(w, "\nchecks passed\n")
 	for _, c := range r.Checks {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 	"time"
@@ -63,6 +64,7 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 
 	const rows = 400 + 50 + 7 + 3
 	before := o.settleStats("payment_methods", func(s tupStats) bool { return s.ins == rows })
+	sum := o.contentSum()
 	auditBefore := o.settleStats("payment_method_audit", func(tupStats) bool { return true })
 	o.proxy.ResetCounts()
 
@@ -110,12 +112,31 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 		t.Errorf("plan's preflight calls: got %v, want 2 DescribeKey and 1..4 Decrypt", calls)
 	}
 
-	after := o.settleStats("payment_methods", func(tupStats) bool { return true })
-	if after != before {
-		t.Errorf("payment_methods write counters moved: before %+v, after %+v", before, after)
+	// The WAL sample: one page of the rows with a token (457 of 460 fit in
+	// a page of 1000), swapped and rolled back.
+	if est := p.WAL.BytesPerRow * 400; p.WAL.SampleRows != rows-1 || p.WAL.BytesPerRow <= 0 ||
+		math.Abs(float64(p.WAL.TotalBytes)-est) > 400 {
+		t.Errorf("WAL estimate: got %+v, want a sample of %d rows and bytes per row × the 400 under OLD", p.WAL, rows-1)
 	}
-	if a := o.settleStats("payment_method_audit", func(tupStats) bool { return true }); a != auditBefore {
-		t.Errorf("payment_method_audit write counters moved: before %+v, after %+v", auditBefore, a)
+	// Nothing kept: the only writes the counters see are the sample's,
+	// rolled back (updates of the page, audit inserts), and every row and
+	// audit row is what it was.
+	after := o.settleStats("payment_methods", func(tupStats) bool { return true })
+	if want := (tupStats{ins: before.ins, upd: before.upd + int64(p.WAL.SampleRows), del: before.del}); after != want {
+		t.Errorf("payment_methods write counters: before %+v, after %+v, want %+v (the rolled-back sample only)", before, after, want)
+	}
+	if a := o.settleStats("payment_method_audit", func(tupStats) bool { return true }); a.upd != auditBefore.upd || a.del != auditBefore.del ||
+		a.ins != auditBefore.ins+int64(p.WAL.SampleRows) {
+		t.Errorf("payment_method_audit write counters: before %+v, after %+v, want only the sample's %d rolled-back inserts", auditBefore, a, p.WAL.SampleRows)
+	}
+	if got := o.int(`SELECT count(*) FROM payment_method_audit`); got != 0 {
+		t.Errorf("payment_method_audit holds %d rows after plan, want 0", got)
+	}
+	if got := o.int(`SELECT count(*) FROM payment_methods WHERE position($1::bytea IN encrypted_token) > 0`, []byte(o.Old.ARN)); got != 401 {
+		t.Errorf("%d rows name OLD after plan, want the 400 seeded and the truncated one", got)
+	}
+	if got := o.contentSum(); got != sum {
+		t.Errorf("payment_methods changed under plan: checksum %s, was %s", got, sum)
 	}
 	if o.schemaExists("reencrypt") {
 		t.Error("plan created the bookkeeping schema")
@@ -126,15 +147,49 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 	// The counters are live: one real write moves them, so the equality
 	// above is a measurement, not a constant.
 	o.exec(`UPDATE payment_methods SET is_active = false WHERE encrypted_token IS NULL`)
-	o.settleStats("payment_methods", func(s tupStats) bool { return s.upd == before.upd+1 })
+	o.settleStats("payment_methods", func(s tupStats) bool { return s.upd == after.upd+1 })
 
 	// The human form says the same.
 	r = o.cmd([]string{"plan"})
 	o.mustCode(r, exitOK)
-	for _, s := range []string{"dry run, nothing written", "under OLD (to rotate)", "400", "GenerateDataKey", "distinct wrapped data keys under OLD", "round trip on NEW", "3 rows are NULL or not envelope-v1"} {
+	for _, s := range []string{"dry run, nothing kept", "write-ahead log the run will write", "under OLD (to rotate)", "400", "GenerateDataKey", "distinct wrapped data keys under OLD", "round trip on NEW", "3 rows are NULL or not envelope-v1"} {
 		if !strings.Contains(r.stdout, s) {
 			t.Errorf("human plan lacks %q:\n%s", s, r.stdout)
 		}
+	}
+}
+
+// contentSum is a checksum of every id and token of payment_methods.
+func (o *opEnv) contentSum() string {
+	o.t.Helper()
+	var sum string
+	if err := o.DB.QueryRow(context.Background(), `SELECT md5(string_agg(id::text || ':' || coalesce(encode(encrypted_token, 'hex'), 'null'), ',' ORDER BY id))
+		FROM payment_methods`).Scan(&sum); err != nil {
+		o.t.Fatal(err)
+	}
+	return sum
+}
+
+// TestPlanWALMatchesTheRun: the WAL plan predicts (a sample page, rolled
+// back) is within a factor 1.5 of the WAL the run then writes.
+func TestPlanWALMatchesTheRun(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(4000, o.Old, 1)
+	o.mustCode(o.cmd([]string{"migrate"}), exitOK)
+	r := o.cmd([]string{"plan", "--json"}, "BATCH_SIZE=500")
+	o.mustCode(r, exitOK)
+	p := opDecode[planReport](t, r)
+	if p.WAL.SampleRows != 500 {
+		t.Fatalf("WAL sample of %d rows, want a page of 500 (%+v)", p.WAL.SampleRows, p.WAL)
+	}
+	lsn := func() int64 { return o.int(`SELECT (pg_current_wal_insert_lsn() - '0/0'::pg_lsn)::int8`) }
+	start := lsn()
+	o.mustCode(o.cmd([]string{"run"}, "BATCH_SIZE=500"), exitOK)
+	wrote := lsn() - start
+	ratio := float64(p.WAL.TotalBytes) / float64(wrote)
+	t.Logf("plan: %.0f bytes/row, %d bytes for 4,000 rows; the run wrote %d (ratio %.2f)", p.WAL.BytesPerRow, p.WAL.TotalBytes, wrote, ratio)
+	if ratio < 1/1.5 || ratio > 1.5 {
+		t.Errorf("plan estimated %d bytes of WAL, the run wrote %d: ratio %.2f, want within 1.5×", p.WAL.TotalBytes, wrote, ratio)
 	}
 }
 

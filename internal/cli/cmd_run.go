@@ -37,7 +37,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	a.log.Info("preflight passed",
 		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN, "id_type", checked.Table.IDType,
 		"kms_latency_ms", float64(checked.KMSLatency.Microseconds())/1000,
-		"kms_budget_per_s", a.budget.PerSecond(), "kms_workers", workers,
+		"kms_budget_per_s", a.budget.Ceiling(), "kms_workers", workers,
 		"kms_requests", a.kmsRequestCounts()) // the preflight's own: a fixed cost per run
 
 	if err := batch.CheckWritePrivileges(ctx, db, checked.Table); err != nil {

@@ -13,10 +13,13 @@
 //     primary, or now() − pg_last_xact_replay_timestamp() on each of
 //     REPLICA_URLS) is behind by more than MAX_REPLICA_LAG. Pages wait until
 //     every replica is back under half of it.
-//   - database_busy: a commit took more than twice its running baseline (an
-//     exponential average over about 20 pages) and at least 10 ms more:
-//     the next page waits the excess. A busier database gets proportionally
-//     fewer pages, and an idle one is not slowed at all.
+//   - database_busy: the commit latency of the last few pages (a fast
+//     running average, weight 0.3) is over twice its baseline (a slow one,
+//     about 20 pages) and at least 10 ms over it: the next page waits the
+//     excess, at most 2 s. A busier database gets proportionally fewer
+//     pages, a single slow commit barely counts, and an idle database is
+//     not slowed at all. While busy, the baseline follows ten times slower,
+//     so a database that stays busy keeps being seen as busy.
 //   - rows_rate: MAX_ROWS_PER_SECOND, or the operator's `throttle
 //     --rows-rate`, for the whole Job, split evenly across the live pods.
 //   - kms_throttling / kms_rate: the adaptive KMS budget (kmsclient.Budget)

@@ -37,13 +37,15 @@ type Querier interface {
 
 // Tunables of the watches; see the package doc.
 const (
-	defaultPoll     = time.Second
-	holdRecheck     = 200 * time.Millisecond // how often a held page looks again
-	busyFactor      = 2.0                    // a commit over busyFactor × baseline is busy
-	busyMinExcess   = 10 * time.Millisecond  // ... and at least this much over it
-	busyMaxWait     = 5 * time.Second
-	baselineWeight  = 0.05 // of each commit in the running baseline (~20 pages)
-	lagResumeFactor = 0.5  // held pages resume under this share of MAX_REPLICA_LAG
+	defaultPoll        = time.Second
+	holdRecheck        = 200 * time.Millisecond // how often a held page looks again
+	busyFactor         = 2.0                    // a commit over busyFactor × baseline is busy
+	busyMinExcess      = 10 * time.Millisecond  // ... and at least this much over it
+	busyMaxWait        = 2 * time.Second
+	recentWeight       = 0.3   // of each commit in the fast average (~3 pages)
+	baselineWeight     = 0.05  // of each commit in the baseline (~20 pages)
+	baselineWeightBusy = 0.005 // ... while busy (~200 pages)
+	lagResumeFactor    = 0.5   // held pages resume under this share of MAX_REPLICA_LAG
 )
 
 // Pacer paces one engine. Build it with New, run Run in the background.
@@ -61,7 +63,7 @@ type Pacer struct {
 	live          int // pods seen in the last heartbeat, this one included
 	lag           time.Duration
 	lagHeld       bool
-	baseline      time.Duration
+	busy          busyRule
 	busyWait      time.Duration
 	lastDecreases int64
 	followed      time.Time // the newest other pod's slow-down already followed
@@ -231,17 +233,39 @@ func (p *Pacer) BeforePage(ctx context.Context) error {
 func (p *Pacer) AfterPage(commit time.Duration) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.baseline == 0 {
-		p.baseline = commit
+	wait := p.busy.observe(commit)
+	p.busyWait = wait
+	p.mark(metrics.HeldDatabaseBusy, wait > 0, "commit_ms", commit.Milliseconds(),
+		"recent_ms", p.busy.recent.Milliseconds(), "baseline_ms", p.busy.baseline.Milliseconds())
+}
+
+// busyRule is the database_busy rule (see the package doc): two running
+// averages of commit latency, a fast one (the last few pages) and a slow
+// baseline (the last few dozen). When the fast one is over busyFactor × the
+// baseline and at least busyMinExcess over it, the next page waits the
+// excess (at most busyMaxWait): a busier database gets proportionally fewer
+// pages, one slow commit (an fsync stall, a checkpoint) barely counts, and
+// an idle database is not slowed at all. While busy the baseline follows
+// only slowly, so a database that stays busy is still seen as busy for
+// minutes, not for a few pages.
+type busyRule struct {
+	recent, baseline time.Duration
+}
+
+func (r *busyRule) observe(commit time.Duration) (wait time.Duration) {
+	if r.baseline == 0 {
+		r.baseline, r.recent = commit, commit
+		return 0
 	}
-	over := commit - time.Duration(busyFactor*float64(p.baseline))
-	busy := over > 0 && commit-p.baseline >= busyMinExcess
-	p.busyWait = 0
+	r.recent += time.Duration(recentWeight * float64(commit-r.recent))
+	busy := r.recent > time.Duration(busyFactor*float64(r.baseline)) && r.recent-r.baseline >= busyMinExcess
+	weight := baselineWeight
 	if busy {
-		p.busyWait = min(over, busyMaxWait)
+		wait = min(r.recent-r.baseline, busyMaxWait)
+		weight = baselineWeightBusy
 	}
-	p.mark(metrics.HeldDatabaseBusy, busy, "commit_ms", commit.Milliseconds(), "baseline_ms", p.baseline.Milliseconds())
-	p.baseline += time.Duration(baselineWeight * float64(commit-p.baseline))
+	r.baseline += time.Duration(weight * float64(commit-r.baseline))
+	return wait
 }
 
 // applyRates splits the Job-wide rates across the live pods.

@@ -64,10 +64,12 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 
 // settle waits until count stops moving for half a second (a page in
 // flight commits in well under that here) and returns it.
+// A page takes up to 100 rows / 150 KMS calls/s (the budget's slow start)
+// = 0.7 s: a count still for 2 s has no page in flight.
 func settle(t *testing.T, count func() int64) int64 {
 	t.Helper()
 	last, since := count(), time.Now()
-	for deadline := time.Now().Add(30 * time.Second); time.Since(since) < 500*time.Millisecond; {
+	for deadline := time.Now().Add(30 * time.Second); time.Since(since) < 2*time.Second; {
 		if time.Now().After(deadline) {
 			t.Fatal("the count never stopped moving")
 		}
