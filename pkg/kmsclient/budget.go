@@ -28,8 +28,9 @@ import (
 //     throttled attempts is taken as an interval (Wilson, 2 standard
 //     deviations), so that a window of 30 attempts is not read as surely
 //     as one of 300. The noise level is the lowest upper bound of the last
-//     noiseWindows windows (at most maxNoise). A window whose lower bound is
-//     above the noise level + noiseMargin multiplies the rate by
+//     noiseWindows windows, pooled noiseSpan at a time so that it can be
+//     told apart from zero at about 1 % (at most maxNoise). A window whose
+//     lower bound is above the noise level + noiseMargin multiplies the rate by
 //     decreaseFactor, from the rate actually sent in that window.
 //     Throttling that does not depend on our rate (a noisy neighbour, a
 //     flaky endpoint) sets the noise level and does not slow the run down;
@@ -61,7 +62,7 @@ type Budget struct {
 	winStart  time.Time
 	attempts  int64 // in the current window
 	throttled int64
-	recent    []float64 // throttled shares of the last judged windows
+	recent    []window // the last judged windows, oldest first
 	decreases int64
 	clean     int     // windows in a row without a decrease
 	lastLow   float64 // the last judged window's least throttled share
@@ -79,6 +80,7 @@ const (
 	decreaseFactor  = 0.8   // of the rate sent in the throttled window
 	increaseSteps   = 40    // the first step after a decrease is a 40th of the ceiling
 	noiseWindows    = 16    // windows the noise level is taken over (8 s)
+	noiseSpan       = 4     // windows pooled into one noise estimate (2 s)
 	quietWindows    = 4     // clean windows before the increase speeds up
 	maxNoise        = 0.15  // above 2 × this, throttling is always a quota
 	noiseMargin     = 0.01  // throttled share above the noise that is a quota
@@ -206,17 +208,27 @@ func (b *Budget) judge(elapsed time.Duration) {
 		return
 	}
 	low, high := wilson(b.throttled, b.attempts)
-	// The noise level: the least throttling seen recently, each window
-	// taken at the most it could have been (its upper bound), so that a
-	// window that was lucky by chance does not pull the level to zero.
+	// The noise level: the least throttling seen recently, taken at the
+	// most it could have been (the upper bound), so that a lucky window
+	// does not pull the level to zero. Windows are pooled noiseSpan at a
+	// time: one window of 100 attempts none throttled can only say "under
+	// 4 %", four of them "under 1 %", and a quota the live API shares must
+	// be told from noise at about 1 %.
 	noise := maxNoise
-	for _, s := range b.recent {
-		noise = min(noise, s)
+	span := min(noiseSpan, len(b.recent))
+	for i := span; i <= len(b.recent) && span > 0; i++ {
+		var pooled window
+		for _, w := range b.recent[i-span : i] {
+			pooled.attempts += w.attempts
+			pooled.throttled += w.throttled
+		}
+		_, h := wilson(pooled.throttled, pooled.attempts)
+		noise = min(noise, h)
 	}
 	// With nothing to compare with yet, the first window is taken as noise
 	// up to maxNoise: slow start began under the quota, so a quota shows as
 	// a share that grows with the rate in the windows that follow.
-	b.recent = append(b.recent, high)
+	b.recent = append(b.recent, window{b.attempts, b.throttled})
 	if len(b.recent) > noiseWindows {
 		b.recent = b.recent[1:]
 	}
@@ -237,6 +249,9 @@ func (b *Budget) judge(elapsed time.Duration) {
 	}
 	b.increase()
 }
+
+// window is one judged window's count of attempts and throttled ones.
+type window struct{ attempts, throttled int64 }
 
 // wilson is the Wilson score interval of k successes in n trials at
 // wilsonZ standard deviations: where the true share lies, almost surely.

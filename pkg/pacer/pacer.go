@@ -66,6 +66,7 @@ type Pacer struct {
 	busy          busyRule
 	busyWait      time.Duration
 	lastDecreases int64
+	joined        bool      // a heartbeat has read the other pods
 	followed      time.Time // the newest other pod's slow-down already followed
 	held          map[string]bool
 }
@@ -134,9 +135,14 @@ func (p *Pacer) heartbeat(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.live = max(len(pods), 1)
 	// Follow another pod's slow-down once, unless this pod slowed down at
-	// the same time or later on its own.
-	if newest.After(p.followed) && (self == nil || newest.After(*self)) {
-		if !p.followed.IsZero() {
+	// the same time or later on its own. The first heartbeat only learns
+	// where the others stand: their slow-downs before this pod joined are
+	// already in the rates they run at.
+	switch {
+	case !p.joined:
+		p.joined, p.followed = true, newest
+	case newest.After(p.followed):
+		if self == nil || newest.After(*self) {
 			p.budget.Follow()
 		}
 		p.followed = newest

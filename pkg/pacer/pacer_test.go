@@ -5,14 +5,19 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
+	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/internal/kmsfault"
 	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
@@ -266,4 +271,90 @@ func (b budgeted) GenerateDataKey(ctx context.Context, in *kms.GenerateDataKeyIn
 		return nil, err
 	}
 	return b.KMS.GenerateDataKey(ctx, in, o...)
+}
+
+// TestPodsShareTheKMSBudget: two pods share one KMS_RATE_LIMIT through the
+// state schema. While both are live each grows to half of it and no more;
+// when KMS throttles one of them (local-kms behind the fault proxy), the
+// other slows down with it although it was never throttled itself.
+func TestPodsShareTheKMSBudget(t *testing.T) {
+	ctx := context.Background()
+	e := fixture.New(t, "uuid")
+	store := checkpoint.New(e.DB, "reencrypt")
+	if err := store.Migrate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	proxy, err := kmsfault.Start(e.KMS.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = proxy.Close() })
+	for _, kv := range e.KMS.Env() {
+		name, val, _ := strings.Cut(kv, "=")
+		t.Setenv(name, val)
+	}
+	t.Setenv("AWS_ENDPOINT_URL_KMS", proxy.Endpoint())
+	t.Setenv("AWS_CONFIG_FILE", os.DevNull)
+	t.Setenv("AWS_SHARED_CREDENTIALS_FILE", os.DevNull)
+
+	const limit = 600.0
+	pctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	type member struct {
+		budget *kmsclient.Budget
+		api    *kms.Client
+	}
+	join := func(owner string) member {
+		budget := kmsclient.NewBudget(limit, 1) // the pacer splits it by live pods
+		api, err := kmsclient.New(ctx, kmsclient.Options{Budget: budget, MaxAttempts: 1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := pacer.New(pacer.Config{Table: "public.payment_methods", Owner: owner, KMSRateLimit: limit, PageRows: 100,
+			Poll: 100 * time.Millisecond}, e.DB, store, budget, logger(t), nil)
+		wg.Go(func() { p.Run(pctx) })
+		return member{budget, api}
+	}
+	// traffic sends requests as fast as m's budget lets it, for d or until
+	// done says so.
+	traffic := func(m member, d time.Duration, done func() bool) {
+		tctx, cancel := context.WithTimeout(ctx, d)
+		defer cancel()
+		var tw sync.WaitGroup
+		for range 16 {
+			tw.Go(func() {
+				for tctx.Err() == nil && !done() {
+					_, _ = m.api.DescribeKey(tctx, &kms.DescribeKeyInput{KeyId: aws.String(e.New.ARN)})
+				}
+			})
+		}
+		tw.Wait()
+	}
+	never := func() bool { return false }
+	a, b := join("pod-a"), join("pod-b")
+	waitFor(t, 5*time.Second, "both pods' heartbeats", func() bool {
+		_, pods, _, err := store.Pace(ctx, "public.payment_methods")
+		return err == nil && len(pods) == 2
+	})
+
+	traffic(b, 4*time.Second, never) // slow start, then up to its share
+	if r := b.budget.PerSecond(); r != limit/2 {
+		t.Fatalf("pod-b's budget after 4 s of unthrottled traffic: %.0f/s, want its half of %.0f", r, limit)
+	}
+
+	// Throttle pod-a until its first slow-down, the one a pod that joined
+	// earlier must not mistake for history.
+	proxy.Set(kmsfault.Faults{Throttle: 1})
+	traffic(a, 3*time.Second, func() bool { return a.budget.Decreases() > 0 })
+	proxy.Set(kmsfault.Faults{})
+	if a.budget.Decreases() == 0 {
+		t.Fatal("pod-a was throttled for 3 s and never slowed down: the test proves nothing")
+	}
+	waitFor(t, 3*time.Second, "pod-b follows pod-a's slow-down", func() bool { return b.budget.PerSecond() < limit/2 })
+	// One step (x0.8) per slow-down of pod-a, never more than pod-a took.
+	steps := a.budget.Decreases()
+	if r, floor := b.budget.PerSecond(), limit/2*math.Pow(0.8, float64(steps)); r < 0.99*floor {
+		t.Errorf("pod-b slowed to %.0f/s, more than pod-a's %d slow-downs allow (%.0f/s)", r, steps, floor)
+	}
 }
