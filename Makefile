@@ -4,13 +4,16 @@ SHELL := /bin/bash
 GO ?= go
 PKGS := ./...
 
-.PHONY: help build test test-race test-short fuzz bench bench-smoke bench-online bench-online-smoke soak demo lint clean
+.PHONY: help build install test test-race test-short fuzz bench bench-smoke bench-online bench-online-smoke soak demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/reencrypt
+build: ## build bin/reencrypt; put it on PATH with `make install`, or export PATH="$PWD/bin:$PATH"
 	$(GO) build -o bin/reencrypt ./cmd/reencrypt
+
+install: ## go install reencrypt into $(go env GOBIN), else $(go env GOPATH)/bin
+	$(GO) install ./cmd/reencrypt
 
 test: ## all tests with the race detector, real Postgres and KMS emulators (what CI runs)
 	$(GO) test -race -count=1 -timeout 20m -json $(PKGS) | $(GO) run ./internal/tools/testsum
@@ -44,9 +47,15 @@ soak: ## the long fault scenarios (test/faults, SOAK=1: up to 2 h), then their f
 demo: ## the main job on a local default: throwaway Postgres + local-kms, 100,000 tokens rotated and verified
 	$(GO) run ./demo
 
-lint: ## gofmt and go vet
+lint: ## gofmt, go vet and staticcheck (pinned in tools/go.mod)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@# staticcheck is a tool of the tools module; built there, run here on this module.
+	"$$($(GO) -C tools tool -n honnef.co/go/tools/cmd/staticcheck)" $(PKGS)
+
+tidy-check: ## fail when go mod tidy would change go.mod/go.sum (this module and tools/)
+	$(GO) mod tidy -diff
+	$(GO) -C tools mod tidy -diff
 
 clean: ## remove build output
 	rm -rf bin

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -69,6 +70,7 @@ type app struct {
 	metrics *metrics.Metrics
 
 	pool   *pgxpool.Pool
+	awsCfg *aws.Config // DATABASE_IAM_AUTH's, loaded once (iamauth.go)
 	kmsAPI kmsclient.KMS
 	budget *kmsclient.Budget
 	pacer  *pacer.Pacer     // run only
@@ -188,6 +190,9 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	}
 	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
 	pinSession(pc)
+	if err := a.iamAuth(ctx, pc, "DATABASE_URL"); err != nil {
+		return nil, err
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))

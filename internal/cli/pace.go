@@ -150,6 +150,10 @@ func (a *app) startPacer(ctx context.Context, db *pgxpool.Pool, store *checkpoin
 		}
 		pc.MaxConns = 1
 		pinSession(pc)
+		if err := a.iamAuth(ctx, pc, fmt.Sprintf("REPLICA_URLS entry %d", i+1)); err != nil {
+			closeAll()
+			return nil, nil, err
+		}
 		pool, err := pgxpool.NewWithConfig(ctx, pc)
 		if err != nil {
 			closeAll()

@@ -61,15 +61,18 @@ var (
 )
 
 // LocalKMSBinary returns the path of a local-kms binary: $LOCAL_KMS_BIN if
-// set; else the go.mod tool github.com/nsmithuk/local-kms, built once per
-// process from the module root (found by walking up from the working
-// directory). It asks `go tool -n` for the binary, which the go command
-// builds and keeps in its build cache (content-addressed, so concurrent test
-// binaries cannot clobber each other, and a rebuild is never needed while
-// go.sum is unchanged: ~0.15 s warm, ~35 s on a cold cache with 2 cores).
-// Should that not yield a binary it falls back to `go build -o` into
-// os.UserCacheDir()/reencrypt-testbed. Builds are serialized across
-// processes with a lock file there, so `go test ./...` builds it only once.
+// set; else the tool github.com/nsmithuk/local-kms of the tools module
+// (tools/go.mod: test-only tools are kept out of the shipped module's
+// graph), built once per process. The repository root is found by walking
+// up from the working directory to the go.mod that has a tools/go.mod
+// beside it. It asks `go tool -n` in tools/ for the binary, which the go
+// command builds and keeps in its build cache (content-addressed, so
+// concurrent test binaries cannot clobber each other, and a rebuild is
+// never needed while tools/go.sum is unchanged: ~0.15 s warm, ~35 s on a
+// cold cache with 2 cores). Should that not yield a binary it falls back to
+// `go build -o` into os.UserCacheDir()/reencrypt-testbed. Builds are
+// serialized across processes with a lock file there, so `go test ./...`
+// builds it only once.
 func LocalKMSBinary(ctx context.Context) (string, error) {
 	if p := os.Getenv(EnvLocalKMSBin); p != "" {
 		return p, nil
@@ -79,7 +82,7 @@ func LocalKMSBinary(ctx context.Context) (string, error) {
 	if localKMSBinPath != "" {
 		return localKMSBinPath, nil
 	}
-	root, err := moduleRoot()
+	toolsDir, err := toolsModule()
 	if err != nil {
 		return "", fmt.Errorf("%w (or set %s)", err, EnvLocalKMSBin)
 	}
@@ -104,7 +107,7 @@ func LocalKMSBinary(ctx context.Context) (string, error) {
 	const pkg = "github.com/nsmithuk/local-kms"
 
 	cmd := exec.CommandContext(ctx, goBin, "tool", "-n", pkg)
-	cmd.Dir = root
+	cmd.Dir = toolsDir
 	if out, err := cmd.Output(); err == nil {
 		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 		p := strings.TrimSpace(lines[len(lines)-1])
@@ -121,9 +124,9 @@ func LocalKMSBinary(ctx context.Context) (string, error) {
 	}
 	defer os.RemoveAll(tmp)
 	cmd = exec.CommandContext(ctx, goBin, "build", "-o", filepath.Join(tmp, "local-kms"), pkg)
-	cmd.Dir = root
+	cmd.Dir = toolsDir
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("testbed: go build %s in %s: %w\n%s", pkg, root, err, tailString(string(out), 4096))
+		return "", fmt.Errorf("testbed: go build %s in %s: %w\n%s", pkg, toolsDir, err, tailString(string(out), 4096))
 	}
 	dst := filepath.Join(cacheDir, "local-kms")
 	if err := os.Rename(filepath.Join(tmp, "local-kms"), dst); err != nil {

@@ -160,20 +160,24 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// moduleRoot walks up from the working directory to the directory that
-// holds go.mod.
-func moduleRoot() (string, error) {
+// toolsModule walks up from the working directory to the repository root
+// (a go.mod with tools/go.mod beside it) and returns the tools module's
+// directory.
+func toolsModule() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
 		return "", err
 	}
 	for {
+		tools := filepath.Join(dir, "tools")
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir, nil
+			if _, err := os.Stat(filepath.Join(tools, "go.mod")); err == nil {
+				return tools, nil
+			}
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return "", errors.New("testbed: no go.mod in the working directory or any parent (run from inside the reencrypt module)")
+			return "", errors.New("testbed: no tools/go.mod beside a go.mod in the working directory or any parent (run from inside the reencrypt repository)")
 		}
 		dir = parent
 	}

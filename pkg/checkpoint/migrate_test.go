@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/reencrypt/reencrypt/internal/testbed"
@@ -194,5 +196,56 @@ func TestMigrateConcurrently(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Errorf("concurrent migrate: %v", err)
 		}
+	}
+}
+
+// Migrate opens its own connection from the pool's configuration; it must
+// run the pool's BeforeConnect too, or a pool that signs in with a token
+// made per connection (DATABASE_IAM_AUTH, pkg/rdsauth) could not migrate.
+// Here the token is a password only BeforeConnect knows.
+func TestMigrateRunsThePoolsBeforeConnect(t *testing.T) {
+	ctx := context.Background()
+	pg := testbed.PrivatePostgres(t, testbed.PostgresOptions{})
+	dsn, err := pg.CreateDatabase(ctx, "beforeconnect")
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := pool(t, dsn)
+	for _, q := range []string{
+		`CREATE ROLE token_role LOGIN PASSWORD 'made-per-connection'`,
+		`GRANT CREATE ON DATABASE beforeconnect TO token_role`,
+	} {
+		if _, err := admin.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if err := pg.PrependHBA(ctx, "host all token_role 127.0.0.1/32 scram-sha-256"); err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgxpool.ParseConfig(asRole(t, dsn, "token_role"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var calls atomic.Int32
+	pc.BeforeConnect = func(_ context.Context, cc *pgx.ConnConfig) error {
+		calls.Add(1)
+		cc.Password = "made-per-connection"
+		return nil
+	}
+	db, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := checkpoint.New(db, "reencrypt")
+	before := calls.Load()
+	if err := s.Migrate(ctx); err != nil {
+		t.Fatalf("migrate with a password only BeforeConnect sets: %v", err)
+	}
+	if calls.Load() == before {
+		t.Error("Migrate connected without calling the pool's BeforeConnect")
+	}
+	if err := s.CheckVersion(ctx); err != nil {
+		t.Fatalf("check version: %v", err)
 	}
 }

@@ -54,8 +54,16 @@ func (s *Store) Migrate(ctx context.Context) error {
 	if !ok {
 		return fmt.Errorf("migrate state schema %s: need a connection pool, got %T", s.name, s.db)
 	}
-	cc := pool.Config().ConnConfig.Copy()
+	pc := pool.Config()
+	cc := pc.ConnConfig.Copy()
 	cc.RuntimeParams["search_path"] = s.schema
+	// What the pool does before each of its own connections (an RDS IAM
+	// token as the password, pkg/rdsauth) this one needs too.
+	if pc.BeforeConnect != nil {
+		if err := pc.BeforeConnect(ctx, cc); err != nil {
+			return fmt.Errorf("migrate state schema %s: connect: %w", s.name, err)
+		}
+	}
 	conn, err := pgx.ConnectConfig(ctx, cc)
 	if err != nil {
 		return fmt.Errorf("migrate state schema %s: connect: %w", s.name, err)

@@ -27,6 +27,10 @@ type Config struct {
 	Mode        string `env:"MODE" envDefault:"rekey" help:"rekey (new data keys, tokens re-sealed) or rewrap (KMS ReEncrypt of each data key; no plaintext here)"`
 	BatchSize   int    `env:"BATCH_SIZE" envDefault:"1000" help:"rows per page and per transaction"`
 
+	// DatabaseIAMAuth: RDS IAM database authentication, a fresh token per
+	// connection from the AWS credentials (IRSA), no password (pkg/rdsauth).
+	DatabaseIAMAuth bool `env:"DATABASE_IAM_AUTH" envDefault:"false" help:"sign in to RDS/Aurora with an IAM token made per connection from the AWS credentials (IRSA) instead of a password; needs sslmode=require or verify-full"`
+
 	TableSchema   string `env:"TABLE_SCHEMA" envDefault:"public" help:"schema of the token and audit tables"`
 	Table         string `env:"TABLE" envDefault:"payment_methods" help:"table holding the tokens"`
 	IDColumn      string `env:"ID_COLUMN" envDefault:"id" help:"primary key column (uuid, bigint or integer)"`

@@ -103,3 +103,22 @@ func TestRedactURL(t *testing.T) {
 		}
 	}
 }
+
+func TestDatabaseIAMAuth(t *testing.T) {
+	for env, want := range map[string]bool{"": false, "true": true, "false": false} {
+		environ := map[string]string{}
+		if env != "" {
+			environ["DATABASE_IAM_AUTH"] = env
+		}
+		cfg, _, err := Load("t", nil, environ, &bytes.Buffer{}, nil)
+		if err != nil {
+			t.Fatalf("DATABASE_IAM_AUTH=%q: %v", env, err)
+		}
+		if cfg.DatabaseIAMAuth != want {
+			t.Errorf("DATABASE_IAM_AUTH=%q: DatabaseIAMAuth = %v, want %v", env, cfg.DatabaseIAMAuth, want)
+		}
+	}
+	if _, _, err := Load("t", nil, map[string]string{"DATABASE_IAM_AUTH": "maybe"}, &bytes.Buffer{}, nil); err == nil {
+		t.Error("DATABASE_IAM_AUTH=maybe accepted")
+	}
+}

@@ -314,7 +314,7 @@ func TestSealValidation(t *testing.T) {
 			if got := errors.Is(err, ErrMalformed); got != (tt.alsoMalformed != nil) {
 				t.Errorf("errors.Is(%v, ErrMalformed) = %v, want %v", err, got, tt.alsoMalformed != nil)
 			}
-			if tt.nonce != nil && len(tt.nonce) == NonceSize {
+			if len(tt.nonce) == NonceSize {
 				if e, err := SealRandom(tt.dek, tt.kid, tt.wdek, tt.ns, tt.row, []byte("tok")); !errors.Is(err, tt.want) {
 					t.Errorf("SealRandom = %+v, %v; want %v", e, err, tt.want)
 				}

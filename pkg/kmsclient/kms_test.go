@@ -53,14 +53,17 @@ func newKey(t *testing.T, k *testbed.KMSServer, api kmsclient.KMS, name string) 
 }
 
 // The KMS tests run against both emulators; local-kms is the reference and
-// enforces key state, moto is the engine behind early LocalStack.
-func emulators(t *testing.T) map[string]*testbed.KMSServer {
-	return map[string]*testbed.KMSServer{"local-kms": testbed.LocalKMS(t), "moto": testbed.Moto(t)}
+// enforces key state, moto is the engine behind early LocalStack. Each is
+// started in its own subtest, so that a machine without moto_server skips
+// only the moto half (see testbed.Moto).
+func emulators() map[string]func(testing.TB) *testbed.KMSServer {
+	return map[string]func(testing.TB) *testbed.KMSServer{"local-kms": testbed.LocalKMS, "moto": testbed.Moto}
 }
 
 func TestEnvelopeRoundTripThroughKMS(t *testing.T) {
-	for name, k := range emulators(t) {
+	for name, emulator := range emulators() {
 		t.Run(name, func(t *testing.T) {
+			k := emulator(t)
 			ctx := context.Background()
 			api := newSDKClient(t, k, "", kmsclient.Options{})
 			key := newKey(t, k, api, "rt")
@@ -101,8 +104,9 @@ func TestEnvelopeRoundTripThroughKMS(t *testing.T) {
 }
 
 func TestRewrapKeepsNonceAndCiphertext(t *testing.T) {
-	for name, k := range emulators(t) {
+	for name, emulator := range emulators() {
 		t.Run(name, func(t *testing.T) {
+			k := emulator(t)
 			ctx := context.Background()
 			api := newSDKClient(t, k, "", kmsclient.Options{})
 			oldKey, newKey := newKey(t, k, api, "old"), newKey(t, k, api, "new")

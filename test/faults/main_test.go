@@ -58,6 +58,7 @@ const binDirPrefix = "reencrypt-faults-"
 // owner has died instead.
 func buildBinary() (string, error) {
 	sweepBinDirs()
+	//lint:ignore SA1019 a test binary runs where `go test` built it, so its GOROOT is here
 	gobin := filepath.Join(runtime.GOROOT(), "bin", "go")
 	if p, err := exec.LookPath("go"); err == nil {
 		gobin = p

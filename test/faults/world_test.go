@@ -291,11 +291,6 @@ func figEq(t *testing.T, scenario, name string, want, got int64) {
 	figure(t, scenario, name, fmt.Sprint(want), got, got == want)
 }
 
-func figMax(t *testing.T, scenario, name string, limit, got float64, unit string) {
-	t.Helper()
-	figure(t, scenario, name, fmt.Sprintf("<= %g%s", limit, unit), fmt.Sprintf("%.3g%s", got, unit), got <= limit)
-}
-
 // ---- what the database holds ----
 
 // querier is a pool or a transaction.
