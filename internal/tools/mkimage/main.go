@@ -345,7 +345,7 @@ func layerFiles(binary, caCerts []byte, at time.Time) ([]byte, error) {
 // a pseudo-version's "+dirty" becomes "-dirty".
 func tagOf(version string) string {
 	t := regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(version, "-")
-	t = strings.TrimLeft(t, ".-")
+	t = strings.Trim(t, ".-")
 	if t == "" {
 		t = "dev"
 	}
