@@ -9,8 +9,8 @@ PKGS := ./...
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/reencrypt
-	$(GO) build -o bin/reencrypt ./cmd/reencrypt
+build: ## build bin/reencrypt, stamped with the checkout's version and commit (`reencrypt version`)
+	$(GO) build -ldflags "$$($(GO) run ./internal/tools/mkimage -print-xflags)" -o bin/reencrypt ./cmd/reencrypt
 
 # make image: the tarball's tag is $(IMAGE):<version>; IMAGE_ARCH=arm64 cross-builds.
 IMAGE ?= ghcr.io/example/reencrypt

@@ -87,6 +87,7 @@ func TestRunRecordsBuild(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := b.Build()
+	t.Logf("recorded build %q", first)
 	if first != want || last != want || event != want {
 		t.Errorf("first_build %q, last_build %q, process_started build %q; want %q (reencrypt version)", first, last, event, want)
 	}

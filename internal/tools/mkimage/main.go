@@ -75,13 +75,16 @@ type Stamp struct {
 	Modified bool
 }
 
-// LDFlags are the linker flags that strip the binary and stamp st into
-// internal/buildinfo (the Dockerfile passes the same -X variables).
-func (st Stamp) LDFlags() string {
-	x := func(name, value string) string { return " -X " + buildinfo.Package + "." + name + "=" + value }
-	return "-s -w" + x("version", st.Version) + x("revision", st.Revision) +
-		x("commitTime", st.Time.UTC().Format(time.RFC3339)) + x("modified", fmt.Sprint(st.Modified))
+// XFlags are the linker's -X flags that stamp st into internal/buildinfo
+// (the Dockerfile passes the same variables).
+func (st Stamp) XFlags() string {
+	x := func(name, value string) string { return "-X " + buildinfo.Package + "." + name + "=" + value }
+	return strings.Join([]string{x("version", st.Version), x("revision", st.Revision),
+		x("commitTime", st.Time.UTC().Format(time.RFC3339)), x("modified", fmt.Sprint(st.Modified))}, " ")
 }
+
+// LDFlags are the image binary's linker flags: stripped, and stamped.
+func (st Stamp) LDFlags() string { return "-s -w " + st.XFlags() }
 
 // Result is what Build made.
 type Result struct {
@@ -100,10 +103,20 @@ func main() {
 	flag.StringVar(&o.CACerts, "ca-certs", CACerts, "CA certificate bundle copied into the image")
 	flag.StringVar(&o.Stamp.Version, "version", "", "version to stamp (default: git describe)")
 	flag.StringVar(&o.Stamp.Revision, "revision", "", "revision to stamp (default: git rev-parse HEAD)")
+	xflags := flag.Bool("print-xflags", false, "print the -X linker flags that stamp the checkout's build, and build nothing (make build)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "mkimage: unexpected arguments %q\n", flag.Args())
 		os.Exit(64)
+	}
+	if *xflags {
+		st, err := resolve(context.Background(), o.Dir, o.Stamp)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "mkimage:", err)
+			os.Exit(1)
+		}
+		fmt.Println(st.XFlags())
+		return
 	}
 	r, err := Build(context.Background(), o)
 	if err != nil {
@@ -133,18 +146,9 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 	if o.Repository == "" {
 		o.Repository = Repository
 	}
-	st := o.Stamp
-	if st.Revision == "" {
-		var err error
-		if st, err = gitStamp(ctx, o.Dir, st.Version); err != nil {
-			return nil, err
-		}
-	}
-	if st.Version == "" {
-		return nil, fmt.Errorf("no version to stamp: pass -version")
-	}
-	if st.Time.IsZero() {
-		st.Time = time.Now().UTC().Truncate(time.Second)
+	st, err := resolve(ctx, o.Dir, o.Stamp)
+	if err != nil {
+		return nil, err
 	}
 	tag, err := name.NewTag(o.Repository + ":" + tagOf(st.Version))
 	if err != nil {
@@ -182,6 +186,23 @@ func Build(ctx context.Context, o Options) (*Result, error) {
 		}
 	}
 	return &Result{Image: img, Tag: tag, Stamp: st}, nil
+}
+
+// resolve completes st: from the checkout at dir unless a revision is given.
+func resolve(ctx context.Context, dir string, st Stamp) (Stamp, error) {
+	if st.Revision == "" {
+		var err error
+		if st, err = gitStamp(ctx, dir, st.Version); err != nil {
+			return st, err
+		}
+	}
+	if st.Version == "" {
+		return st, fmt.Errorf("no version to stamp: pass -version")
+	}
+	if st.Time.IsZero() {
+		st.Time = time.Now().UTC().Truncate(time.Second)
+	}
+	return st, nil
 }
 
 // gitStamp reads the build's stamp from the checkout at dir. version, when
