@@ -15,8 +15,9 @@ ARG GO_VERSION=1.26.8
 # A static binary, built on the builder's own platform and cross-compiled for
 # the target's (docker buildx build --platform linux/amd64,linux/arm64).
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
-ARG TARGETOS=linux
-ARG TARGETARCH=amd64
+# Set by BuildKit for each --platform (empty, i.e. the builder's own, otherwise).
+ARG TARGETOS
+ARG TARGETARCH
 # The build's stamp (internal/buildinfo): the context has no .git.
 ARG VERSION=(devel)
 ARG REVISION=
