@@ -4,16 +4,23 @@ SHELL := /bin/bash
 GO ?= go
 PKGS := ./...
 
-.PHONY: help build install test test-race test-short fuzz bench bench-smoke bench-online bench-online-smoke soak demo lint tidy-check clean
+.PHONY: help build install image test test-race test-short fuzz bench bench-smoke bench-online bench-online-smoke soak demo lint tidy-check clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-build: ## build bin/reencrypt; put it on PATH with `make install`, or export PATH="$PWD/bin:$PATH"
-	$(GO) build -o bin/reencrypt ./cmd/reencrypt
+build: ## build bin/reencrypt, stamped with the checkout's version and commit (`reencrypt version`); `make install` puts it on PATH
+	$(GO) build -ldflags "$$($(GO) run ./internal/tools/mkimage -print-xflags)" -o bin/reencrypt ./cmd/reencrypt
+
+# make image: the tarball's tag is $(IMAGE):<version>; IMAGE_ARCH=arm64 cross-builds.
+IMAGE ?= ghcr.io/example/reencrypt
+IMAGE_ARCH ?=
+
+image: ## container image without a daemon: OCI layout in bin/image/, docker-loadable bin/reencrypt-image.tar (IMAGE=, IMAGE_ARCH=)
+	$(GO) run ./internal/tools/mkimage -layout bin/image -tar bin/reencrypt-image.tar -repo $(IMAGE) $(if $(IMAGE_ARCH),-arch $(IMAGE_ARCH))
 
 install: ## go install reencrypt into $(go env GOBIN), else $(go env GOPATH)/bin
-	$(GO) install ./cmd/reencrypt
+	$(GO) install -ldflags "$$($(GO) run ./internal/tools/mkimage -print-xflags)" ./cmd/reencrypt
 
 test: ## all tests with the race detector, real Postgres and KMS emulators (what CI runs)
 	$(GO) test -race -count=1 -timeout 20m -json $(PKGS) | $(GO) run ./internal/tools/testsum

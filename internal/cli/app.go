@@ -86,6 +86,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ m
 
 // runWith is run with a main's options.
 func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, environ map[string]string, o Options) int {
+	if code, ok := versionCommand(args, stdout, stderr); ok {
+		return code
+	}
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stderr)
 		if len(args) == 0 {

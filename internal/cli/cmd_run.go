@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/reencrypt/reencrypt/internal/buildinfo"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
@@ -17,7 +18,7 @@ func init() {
 
 func cmdRun(ctx context.Context, a *app, _ []string) error {
 	cfg := a.cfg
-	a.log.Info("reencrypt run starting", "config", cfg.Redacted(), "owner", a.owner())
+	a.log.Info("reencrypt run starting", "build", buildinfo.Get(), "config", cfg.Redacted(), "owner", a.owner())
 	db, err := a.db(ctx)
 	if err != nil {
 		return err
@@ -44,6 +45,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		return err
 	}
 	store := checkpoint.New(db, cfg.StateSchema)
+	store.SetBuild(buildinfo.Get().Build()) // recorded with the run: which build rotated it
 	if err := store.Migrate(ctx); err != nil {
 		return err
 	}

@@ -192,7 +192,7 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	log := e.log.With("run_id", run.ID, "pass", run.Pass)
 	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
 		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)
-	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass})
+	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass, "build": e.store.Build()})
 
 	err = e.workRanges(ctx, log)
 

@@ -28,6 +28,12 @@
 //     rows, so all of them commit or none does.
 //   - The cursor only moves forward within a lease.
 //
+// A run also records the builds of reencrypt that worked on it (Store.SetBuild):
+// first_build, of the process that created it, and last_build, of the latest
+// process to join it, in any pass; each process's process_started event holds
+// its own, with its owner, for the whole history. Which build rotated which
+// rows is part of the audit trail.
+//
 // key_tables records every token table a run (or `keys begin`) has seen for
 // a key, before its first write; the key-deletion guard (package registry)
 // counts in all of them. KeyLockID is the advisory lock id of a key: page

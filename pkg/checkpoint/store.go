@@ -29,6 +29,7 @@ type Store struct {
 	db     DB
 	name   string // as configured
 	schema string // quoted
+	build  string // recorded by Join; "" records nothing
 }
 
 // New returns a Store on the bookkeeping schema (default "reencrypt").
@@ -41,6 +42,14 @@ func New(db DB, schema string) *Store {
 
 // Schema is the quoted schema name, for callers that join on these tables.
 func (s *Store) Schema() string { return s.schema }
+
+// SetBuild names the build of this process (internal/buildinfo's
+// Info.Build), which Join records with the run: as first_build when it
+// creates the run, and as last_build every time. Call it before Join.
+func (s *Store) SetBuild(build string) { s.build = build }
+
+// Build is the build SetBuild named.
+func (s *Store) Build() string { return s.build }
 
 // RunSpec identifies a rotation. The same spec always gives the same run id.
 type RunSpec struct {
@@ -82,16 +91,21 @@ func (s *Store) Join(ctx context.Context, spec RunSpec, processStart time.Time, 
 	run := Run{Spec: spec, ID: spec.ID()}
 	err := pgx.BeginFunc(ctx, s.db, func(tx pgx.Tx) error {
 		_, err := tx.Exec(ctx, fmt.Sprintf(`
-			INSERT INTO %s.runs (run_id, table_name, old_key_arn, new_key_arn, mode, namespace)
-			VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (run_id) DO NOTHING`, s.schema),
-			run.ID, spec.Table, spec.OldARN, spec.NewARN, spec.Mode, spec.Namespace)
+			INSERT INTO %s.runs (run_id, table_name, old_key_arn, new_key_arn, mode, namespace, first_build)
+			VALUES ($1, $2, $3, $4, $5, $6, nullif($7, '')) ON CONFLICT (run_id) DO NOTHING`, s.schema),
+			run.ID, spec.Table, spec.OldARN, spec.NewARN, spec.Mode, spec.Namespace, s.build)
 		if err != nil {
 			return fmt.Errorf("record run: %w", err)
 		}
+		// Locks the run's row, as FOR UPDATE would, and records this build.
 		var finished *time.Time
 		err = tx.QueryRow(ctx, fmt.Sprintf(`
-			SELECT pass, pass_finished_at FROM %s.runs WHERE run_id = $1 FOR UPDATE`, s.schema),
-			run.ID).Scan(&run.Pass, &finished)
+			UPDATE %s.runs SET
+				last_build = coalesce(nullif($2, ''), last_build),
+				last_build_at = CASE WHEN $2 = '' THEN last_build_at ELSE now() END
+			WHERE run_id = $1
+			RETURNING pass, pass_finished_at`, s.schema),
+			run.ID, s.build).Scan(&run.Pass, &finished)
 		if err != nil {
 			return fmt.Errorf("lock run: %w", err)
 		}

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/reencrypt/reencrypt/internal/buildinfo"
 )
 
 // Metrics are the collectors the engine and the KMS client update.
@@ -24,6 +26,7 @@ type Metrics struct {
 	Held          *prometheus.GaugeVec     // reencrypt_held{reason}: 1 while the pacer holds pages back for reason
 	KMSBudget     prometheus.Gauge         // reencrypt_kms_budget_per_second
 	ReplicaLag    prometheus.Gauge         // reencrypt_replica_lag_seconds
+	BuildInfo     *prometheus.GaugeVec     // reencrypt_build_info{version,revision,goversion}: 1, one series
 }
 
 // Row outcomes, the values of the "outcome" label.
@@ -88,11 +91,19 @@ func New(reg prometheus.Registerer) *Metrics {
 			Name: "reencrypt_replica_lag_seconds",
 			Help: "Largest replay lag of the watched replicas at the last check.",
 		}),
+		// The usual *_build_info pattern: join on it to tell a dashboard's
+		// series apart by build, e.g. during a rolling update.
+		BuildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "reencrypt_build_info",
+			Help: "Always 1; the labels say which build is running (see `reencrypt version`).",
+		}, []string{"version", "revision", "goversion"}),
 	}
 	if reg != nil {
 		reg.MustRegister(m.Rows, m.KMSRequests, m.KMSLatency, m.PageDuration, m.PageFailures,
-			m.RowsRemaining, m.Ranges, m.LastSuccess, m.FencedCommits, m.Held, m.KMSBudget, m.ReplicaLag)
+			m.RowsRemaining, m.Ranges, m.LastSuccess, m.FencedCommits, m.Held, m.KMSBudget, m.ReplicaLag, m.BuildInfo)
 	}
+	b := buildinfo.Get()
+	m.BuildInfo.WithLabelValues(b.Version, b.Revision, b.GoVersion).Set(1)
 	for _, r := range HeldReasons {
 		m.Held.WithLabelValues(r)
 	}

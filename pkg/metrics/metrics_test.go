@@ -1,6 +1,7 @@
 package metrics_test
 
 import (
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 
+	"github.com/reencrypt/reencrypt/internal/buildinfo"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
 )
 
@@ -29,8 +31,8 @@ func TestNamesFollowConventions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(mfs) != 12 {
-		t.Errorf("gathered %d families, want 12", len(mfs))
+	if len(mfs) != 13 {
+		t.Errorf("gathered %d families, want 13", len(mfs))
 	}
 	problems, err := promlint.NewWithMetricFamilies(mfs).Lint()
 	if err != nil {
@@ -55,8 +57,10 @@ func TestLabelsAreFixed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// "reason" takes the fixed values of metrics.HeldReasons.
-	allowed := map[string]bool{"outcome": true, "operation": true, "result": true, "state": true, "reason": true}
+	// "reason" takes the fixed values of metrics.HeldReasons; the build's
+	// labels have one value per process.
+	allowed := map[string]bool{"outcome": true, "operation": true, "result": true, "state": true, "reason": true,
+		"version": true, "revision": true, "goversion": true}
 	for _, mf := range mfs {
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
@@ -72,4 +76,41 @@ func TestLabelsAreFixed(t *testing.T) {
 			t.Errorf("reencrypt_held has %d series, want one per reason (%d)", len(mf.GetMetric()), len(metrics.HeldReasons))
 		}
 	}
+}
+
+// TestBuildInfo: reencrypt_build_info is on every registry New is given, one
+// series of value 1 labelled with this binary's build.
+func TestBuildInfo(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	metrics.New(reg)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := buildinfo.Get()
+	want := map[string]string{"version": b.Version, "revision": b.Revision, "goversion": b.GoVersion}
+	for _, mf := range mfs {
+		if mf.GetName() != "reencrypt_build_info" {
+			continue
+		}
+		if len(mf.GetMetric()) != 1 {
+			t.Fatalf("reencrypt_build_info has %d series, want 1", len(mf.GetMetric()))
+		}
+		m := mf.GetMetric()[0]
+		if v := m.GetGauge().GetValue(); v != 1 {
+			t.Errorf("reencrypt_build_info = %v, want 1", v)
+		}
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("reencrypt_build_info labels %v, want %v", got, want)
+		}
+		if got["goversion"] == "" || got["version"] == "" {
+			t.Errorf("reencrypt_build_info labels %v: version and goversion must not be empty", got)
+		}
+		return
+	}
+	t.Fatal("reencrypt_build_info not on the registry")
 }
