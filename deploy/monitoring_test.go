@@ -546,6 +546,9 @@ func TestDashboard(t *testing.T) {
 			if tg.RefID == "" || refs[tg.RefID] || strings.TrimSpace(tg.Expr) == "" {
 				t.Errorf("panel %q: target %q empty or its refId repeated", p.Title, tg.RefID)
 			}
+			if tg.Datasource != nil && tg.Datasource.UID != "${datasource}" {
+				t.Errorf("panel %q target %s: datasource %+v, want the panel's ${datasource}", p.Title, tg.RefID, tg.Datasource)
+			}
 			refs[tg.RefID] = true
 		}
 	}
