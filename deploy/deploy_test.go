@@ -538,7 +538,7 @@ func TestContainerEnvironment(t *testing.T) {
 		t.Errorf("args = %q, want [run]", c.Args)
 	}
 	if !strings.HasPrefix(c.Image, "ghcr.io/example/reencrypt:") || strings.HasSuffix(c.Image, ":latest") {
-		t.Errorf("image = %q, want ghcr.io/example/reencrypt:<version>, not :latest", c.Image)
+		t.Errorf("image = %q, want ghcr.io/example/reencrypt:{version} or a version, not :latest", c.Image)
 	}
 
 	fromCM := false
