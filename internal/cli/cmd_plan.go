@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -12,16 +11,20 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
 func init() {
-	registerWithFlags("plan", "dry run: rows by key, KMS calls and time the run needs, key checks; writes nothing", func(fs *flag.FlagSet) runFunc {
-		asJSON := fs.Bool("json", false, "print the plan as JSON")
-		return func(ctx context.Context, a *app, _ []string) error { return cmdPlan(ctx, a, *asJSON) }
-	})
+	registerCommand(command{path: []string{"plan"}, summary: "dry run: rows by key, KMS calls and time the run needs, key checks; writes nothing",
+		vars: vars(varsDB, varsTable, varsKMS, varsDataKeys, []string{"MODE", "BATCH_SIZE", "RANGES", "RANGE_WORKERS", "LOCK_TIMEOUT"}),
+		setup: func(fs *pflag.FlagSet) runFunc {
+			asJSON := fs.Bool("json", false, "print the plan as JSON")
+			return func(ctx context.Context, a *app, _ []string) error { return cmdPlan(ctx, a, *asJSON) }
+		}})
 }
 
 // planReport is what `plan` prints; its JSON field names are the --json

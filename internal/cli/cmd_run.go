@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
@@ -12,7 +14,8 @@ import (
 )
 
 func init() {
-	register("run", "rotate every token from OLD_KEY_ID to NEW_KEY_ID (rerun to resume)", cmdRun)
+	registerCommand(command{path: []string{"run"}, summary: "rotate every token from OLD_KEY_ID to NEW_KEY_ID (rerun to resume)",
+		setup: func(*pflag.FlagSet) runFunc { return cmdRun }}) // every variable
 }
 
 func cmdRun(ctx context.Context, a *app, _ []string) error {

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"math/big"
@@ -10,21 +9,24 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 )
 
 func init() {
-	registerWithFlags("status", "progress of every run on the table: ranges, rows done, quarantine, rate, ETA, rows still under OLD", func(fs *flag.FlagSet) runFunc {
-		o := statusOptions{}
-		fs.BoolVar(&o.json, "json", false, "print the status as JSON")
-		fs.BoolVar(&o.noScan, "no-scan", false, "do not read the table to count rows still under OLD (for huge tables)")
-		fs.StringVar(&o.run, "run", "", "show only this run id")
-		fs.BoolVar(&o.allRanges, "all-ranges", false, "list every range, also the finished ones with nothing left")
-		fs.IntVar(&o.quarantine, "quarantine", 20, "quarantined rows to list per run (ids and error classes)")
-		return func(ctx context.Context, a *app, _ []string) error { return cmdStatus(ctx, a, o) }
-	})
+	registerCommand(command{path: []string{"status"}, summary: "progress of every run on the table: ranges, rows done, quarantine, rate, ETA, rows still under OLD",
+		vars: vars(varsDB, varsTable), setup: func(fs *pflag.FlagSet) runFunc {
+			o := statusOptions{}
+			fs.BoolVar(&o.json, "json", false, "print the status as JSON")
+			fs.BoolVar(&o.noScan, "no-scan", false, "do not read the table to count rows still under OLD (for huge tables)")
+			fs.StringVar(&o.run, "run", "", "show only this run id")
+			fs.BoolVar(&o.allRanges, "all-ranges", false, "list every range, also the finished ones with nothing left")
+			fs.IntVar(&o.quarantine, "quarantine", 20, "quarantined rows to list per run (ids and error classes)")
+			return func(ctx context.Context, a *app, _ []string) error { return cmdStatus(ctx, a, o) }
+		}})
 }
 
 type statusOptions struct {
