@@ -90,7 +90,10 @@ type runStatus struct {
 		Paused     int `json:"paused"` // pending, part done (released on shutdown)
 		LiveLeases int `json:"live_leases"`
 	} `json:"ranges"`
-	Rows rowCounts `json:"rows"`
+	Rows rowCounts `json:"rows"` // this pass
+	// RunTotal is the run's rows over all its passes: after a rerun, the
+	// pass alone shows mostly rows skipped (already under NEW).
+	RunTotal rowCounts `json:"run_total"`
 	// RowsPerSecond is rows read in the pass per second of the pass.
 	RowsPerSecond float64 `json:"rows_per_second"`
 	// KeyspaceDone is the share of the keyspace behind the ranges' cursors.
@@ -205,6 +208,11 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 		if underOld != nil {
 			addUnderOld(&rs, underOld[i])
 		}
+		total, err := store.RunTotals(ctx, r.ID)
+		if err != nil {
+			return tempErr(err)
+		}
+		rs.RunTotal = countsOf(total)
 		q, err := store.QuarantineSummary(ctx, r.ID, r.Pass, o.quarantine)
 		if err != nil {
 			return tempErr(err)
@@ -483,8 +491,14 @@ func (rs *runStatus) print(w io.Writer, allRanges bool) {
 	fmt.Fprintf(tw, "  ranges\t%d: %d done, %d running, %d stale (lease expired), %d pending (%d of them part done)\n",
 		g.Total, g.Done, g.Running, g.Stale, g.Pending, g.Paused)
 	c := rs.Rows
-	fmt.Fprintf(tw, "  rows\t%s read: %s rotated, %s skipped (already NEW), %s other key, %s quarantined, %s conflicted\n",
+	fmt.Fprintf(tw, "  rows this pass\t%s read: %s rotated, %s skipped (already NEW), %s other key, %s quarantined, %s conflicted\n",
 		num(c.Read), num(c.Rotated), num(c.Skipped), num(c.OtherKey), num(c.Quarantined), num(c.Conflicted))
+	passes := "1 pass"
+	if rs.Pass != 1 {
+		passes = fmt.Sprintf("%d passes", rs.Pass)
+	}
+	t := rs.RunTotal
+	fmt.Fprintf(tw, "  run total\t%s rotated over %s (%s rows read in all)\n", num(t.Rotated), passes, num(t.Read))
 	eta := "-"
 	if rs.ETASeconds != nil {
 		eta = human(seconds(*rs.ETASeconds))
