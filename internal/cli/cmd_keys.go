@@ -78,10 +78,10 @@ func cmdKeys(ctx context.Context, a *app, o keysOptions) error {
 		action = "list"
 	}
 	if (action == "retire" || action == "schedule-deletion") && o.key == "" {
-		return usageErrorf("keys %s needs --key (a key id, key ARN or alias)", action)
+		return usageErrorf("needs --key K (a key id, key ARN or alias)")
 	}
 	if action == "schedule-deletion" && o.days == 0 {
-		return usageErrorf("keys schedule-deletion needs --pending-days N (%d..%d): the days KMS waits before deleting the key; no default, the window is the operator's choice",
+		return usageErrorf("needs --pending-days N (%d..%d): the days KMS waits before deleting the key; no default, the window is the operator's choice",
 			registry.MinPendingDays, registry.MaxPendingDays)
 	}
 	db, err := a.db(ctx)

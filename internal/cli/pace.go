@@ -40,7 +40,7 @@ func init() {
 			reason := fs.String("reason", "", "why, recorded with the event")
 			return func(ctx context.Context, a *app, _ []string) error {
 				if *kmsRate < 0 && *rowsRate < 0 {
-					return usageErrorf("throttle needs --kms-rate N or --rows-rate N (0 lifts a cap)")
+					return usageErrorf("needs --kms-rate N or --rows-rate N (0 lifts a cap)")
 				}
 				return steer(ctx, a, "throttled", 0, func(c *checkpoint.Controls) {
 					if *kmsRate >= 0 {

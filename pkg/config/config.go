@@ -146,15 +146,22 @@ func Load(environ, flags map[string]string, only []string) (*Config, error) {
 		checked = func(name string) bool { return set[name] }
 	}
 	cfg := &Config{}
-	var errs []error
 	if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
+		var errs []error
 		for _, e := range parseErrors(err, merged, flags) {
-			if checked(e.name) {
+			if checked(e.name) || e.err != nil {
 				errs = append(errs, e)
 			}
+			delete(merged, e.name)
 		}
 		if len(errs) > 0 {
 			return nil, errors.Join(errs...)
+		}
+		// Only variables the command does not read failed: they take
+		// their defaults rather than the zero value a failed field has.
+		cfg = &Config{}
+		if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
+			return nil, err
 		}
 	}
 	if cfg.ShardIndex < 0 {

@@ -68,8 +68,12 @@ func TestParseErrorsNameWhatTheUserWrote(t *testing.T) {
 		t.Errorf("error names the Go field:\n%v", err)
 	}
 	// A command that does not read a variable is not refused over it.
-	if _, err := Load(map[string]string{"BATCH_SIZE": "abc", "STOP_GRACE": "1m"}, nil, []string{"DATABASE_URL", "TABLE"}); err != nil {
-		t.Errorf("variables outside the command's refused it: %v", err)
+	cfg, err := Load(map[string]string{"BATCH_SIZE": "abc", "STOP_GRACE": "1m", "TABLE": "cards"}, nil, []string{"DATABASE_URL", "TABLE"})
+	if err != nil {
+		t.Fatalf("variables outside the command's refused it: %v", err)
+	}
+	if cfg.Table != "cards" || cfg.BatchSize != 1000 {
+		t.Errorf("TABLE %q BatchSize %d, want cards and the default 1000 for the unread, unparsable BATCH_SIZE", cfg.Table, cfg.BatchSize)
 	}
 }
 
