@@ -105,7 +105,7 @@ func setup(ctx context.Context, o *options) (*bench, error) {
 	b.engineEnv["SHARD_INDEX"] = "0"
 	b.engineEnv["LOG_LEVEL"] = "debug" // one "page committed" line per page: exact page latencies
 	b.engineEnv["PROGRESS"] = "off"
-	if b.cfg, _, err = config.Load("reencrypt run", nil, b.engineEnv, io.Discard, nil); err != nil {
+	if b.cfg, err = config.Load(b.engineEnv, nil, nil); err != nil {
 		return b, fmt.Errorf("engine configuration from the environment: %w", err)
 	}
 

@@ -286,8 +286,9 @@ func TestPasswordsNeverShown(t *testing.T) {
 	for _, db := range []string{withUserinfo.String(), withQuery.String(), kv} {
 		env := []string{"DATABASE_URL=" + db, "PUSHGATEWAY_URL=" + gw.String(), "REPLICA_URLS=" + replicas}
 		try(exitOK, []string{"run", "--help"}, env...)
-		try(exitConfig, []string{"run", "--no-such-flag"}, env...)
-		try(exitConfig, []string{"status", "--batch-size=x"}, env...)
+		try(exitUsage, []string{"run", "--no-such-flag"}, env...)
+		try(exitUsage, []string{"status", "--batch-size=x"}, env...) // not a flag of status
+		try(exitConfig, []string{"run", "--batch-size=x"}, env...)
 		try(exitConfig, []string{"run"}, append(env, "BATCH_SIZE=0")...)
 		try(exitConfig, []string{"run"}, "DATABASE_URL="+db, "PUSHGATEWAY_URL=not a url "+pw("pushgateway"))
 		try(exitOK, []string{"run"}, env...) // the start line logs the configuration

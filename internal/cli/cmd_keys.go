@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -11,88 +10,78 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/spf13/pflag"
 
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
-	"github.com/reencrypt/reencrypt/pkg/config"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/registry"
 )
 
 func init() {
-	registerWithFlags("keys", "the token_encryption_keys registry: list | begin | retire --key K | schedule-deletion --key K --pending-days N", func(fs *flag.FlagSet) runFunc {
-		asJSON := fs.Bool("json", false, "print the result as JSON")
-		fs.Usage = func() {
-			fmt.Fprint(fs.Output(), keysUsage+"\nflags (also accepted after the sub-command):\n")
-			fs.PrintDefaults()
-		}
-		return func(ctx context.Context, a *app, args []string) error { return cmdKeys(ctx, a, args, *asJSON) }
+	keysVars := vars(varsDB, varsTable, varsKMS)
+	// keys alone lists the registry; its actions are sub-commands with
+	// their own flags, and every flag may come before or after the action.
+	keys := func(path []string, summary string, setup func(fs *pflag.FlagSet, o *keysOptions)) {
+		registerCommand(command{path: path, summary: summary, long: keysUsage, vars: keysVars,
+			setup: func(fs *pflag.FlagSet) runFunc {
+				o := &keysOptions{action: path[len(path)-1]}
+				fs.BoolVar(&o.json, "json", false, "print the result as JSON")
+				if setup != nil {
+					setup(fs, o)
+				}
+				return func(ctx context.Context, a *app, _ []string) error { return cmdKeys(ctx, a, *o) }
+			}})
+	}
+	keyFlag := func(fs *pflag.FlagSet, o *keysOptions) {
+		fs.StringVar(&o.key, "key", "", "the key: key id, key ARN, alias name or alias ARN (required)")
+	}
+	keys([]string{"keys"}, "the token_encryption_keys registry: list | begin | retire --key K | schedule-deletion --key K --pending-days N", nil)
+	keys([]string{"keys", "list"}, "list the registry (the default)", nil)
+	keys([]string{"keys", "begin"}, "OLD_KEY_ID → rotating, NEW_KEY_ID → active, in one transaction; records TABLE under both keys", nil)
+	keys([]string{"keys", "retire"}, "mark --key retired; refused (exit 78) while any row is still under it", keyFlag)
+	keys([]string{"keys", "schedule-deletion"}, "have KMS delete retired --key after --pending-days N (7..30)", func(fs *pflag.FlagSet, o *keysOptions) {
+		keyFlag(fs, o)
+		fs.IntVar(&o.days, "pending-days", 0, "days KMS waits before deleting the key, 7..30 (required); the deletion can be cancelled until then")
 	})
 }
 
-const keysUsage = `usage: reencrypt keys [list | begin | retire | schedule-deletion] [flags]
+// keysOptions are a keys command's action and flags.
+type keysOptions struct {
+	action string // keys (= list), list, begin, retire, schedule-deletion
+	json   bool
+	key    string
+	days   int
+}
 
-  list                                      the registry (default)
-  begin                                     OLD_KEY_ID → rotating, NEW_KEY_ID → active, in one transaction;
-                                            records TABLE under both keys
-  retire --key K                            mark K retired; refused (exit 78) while any row is still under K
-                                            in TABLE or in any table recorded for K
-  schedule-deletion --key K --pending-days N
-                                            have KMS delete retired key K after N days (7..30, required);
-                                            prints the counts first; refused (exit 78) unless K is
-                                            retired and no row is under K
+const keysUsage = `The key registry and the key's life after a rotation:
+
+  keys [list]                                the registry (list is the default)
+  keys begin                                 OLD_KEY_ID → rotating, NEW_KEY_ID → active, in one transaction;
+                                             records TABLE under both keys
+  keys retire --key K                        mark K retired; refused (exit 78) while any row is still under K
+                                             in TABLE or in any table recorded for K
+  keys schedule-deletion --key K --pending-days N
+                                             have KMS delete retired key K after N days (7..30, required);
+                                             prints the counts first; refused (exit 78) unless K is
+                                             retired and no row is under K
 
 The registry is the table token_encryption_keys in TABLE_SCHEMA, created on
 the first write (an existing one is used as it is, never altered). K is a key
 id, key ARN, alias name or alias ARN. Rows are under K when their kid names K
 by ARN, key id, alias or alias ARN (resolved with DescribeKey), or when a run
-from K quarantined them and their token does not name another key.
-`
+from K quarantined them and their token does not name another key.`
 
-// cmdKeys dispatches the registry's sub-commands. Their flags, and every
-// configuration flag, may follow the sub-command's name.
-func cmdKeys(ctx context.Context, a *app, args []string, jsonOut bool) error {
-	action := "list"
-	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
-		action, args = args[0], args[1:]
+// cmdKeys runs one of the registry's actions, then lists the registry.
+func cmdKeys(ctx context.Context, a *app, o keysOptions) error {
+	action := o.action
+	if action == "keys" {
+		action = "list"
 	}
-	fs := flag.NewFlagSet("reencrypt keys "+action, flag.ContinueOnError)
-	fs.SetOutput(a.stderr)
-	fs.Usage = func() {
-		fmt.Fprint(a.stderr, keysUsage+"\nflags:\n")
-		fs.PrintDefaults()
+	if (action == "retire" || action == "schedule-deletion") && o.key == "" {
+		return usageErrorf("needs --key K (a key id, key ARN or alias)")
 	}
-	config.Flags(fs, a.cfg)
-	asJSON := fs.Bool("json", jsonOut, "print the result as JSON")
-	var key *string
-	var days *int
-	switch action {
-	case "list", "begin":
-	case "retire", "schedule-deletion":
-		key = fs.String("key", "", "the key: key id, key ARN, alias name or alias ARN (required)")
-		if action == "schedule-deletion" {
-			days = fs.Int("pending-days", 0, "days KMS waits before deleting the key, 7..30 (required); the deletion can be cancelled until then")
-		}
-	default:
-		fs.Usage()
-		return configError("keys: unknown sub-command %q", action)
-	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil
-		}
-		return configError("keys %s: %v", action, err)
-	}
-	if fs.NArg() > 0 {
-		return configError("keys %s: unexpected arguments %q", action, fs.Args())
-	}
-	if err := a.cfg.Validate(); err != nil {
-		return configError("keys %s: configuration refused:\n%v", action, err)
-	}
-	if key != nil && *key == "" {
-		return configError("keys %s needs --key (a key id, key ARN or alias)", action)
-	}
-	if days != nil && *days == 0 {
-		return configError("keys schedule-deletion needs --pending-days N (%d..%d): the days KMS waits before deleting the key; no default, the window is the operator's choice",
+	if action == "schedule-deletion" && o.days == 0 {
+		return usageErrorf("needs --pending-days N (%d..%d): the days KMS waits before deleting the key; no default, the window is the operator's choice",
 			registry.MinPendingDays, registry.MaxPendingDays)
 	}
 	db, err := a.db(ctx)
@@ -113,11 +102,11 @@ func cmdKeys(ctx context.Context, a *app, args []string, jsonOut bool) error {
 			return err
 		}
 	case "retire":
-		if err := keysRetire(ctx, a, reg, *key); err != nil {
+		if err := keysRetire(ctx, a, reg, o.key); err != nil {
 			return err
 		}
 	case "schedule-deletion":
-		if err := keysScheduleDeletion(ctx, a, reg, *key, *days); err != nil {
+		if err := keysScheduleDeletion(ctx, a, reg, o.key, o.days); err != nil {
 			return err
 		}
 	}
@@ -125,7 +114,7 @@ func cmdKeys(ctx context.Context, a *app, args []string, jsonOut bool) error {
 	if err != nil {
 		return tempErr(err)
 	}
-	if *asJSON {
+	if o.json {
 		if keys == nil {
 			keys = []registry.Key{}
 		}

@@ -209,8 +209,8 @@ func TestKeysScheduleDeletionWindow(t *testing.T) {
 	o.mustCode(o.cmd([]string{"keys", "retire", "--key", o.Old.ARN}), exitOK)
 
 	r := o.cmd([]string{"keys", "schedule-deletion", "--key", o.Old.ARN})
-	if r.code != exitConfig || !strings.Contains(r.stderr, "--pending-days") {
-		t.Errorf("schedule-deletion without --pending-days: got exit %d, want %d\n%s", r.code, exitConfig, r)
+	if r.code != exitUsage || !strings.Contains(r.stderr, "--pending-days") {
+		t.Errorf("schedule-deletion without --pending-days: got exit %d, want %d\n%s", r.code, exitUsage, r)
 	}
 	if got := o.keyState(o.Old.ARN); got != "Enabled" {
 		t.Fatalf("schedule-deletion without a window reached KMS: key is %s", got)

@@ -66,8 +66,8 @@ func TestKeysLifecycle(t *testing.T) {
 		{"retire a key rows are under", []string{"keys", "retire", "--key", o.Old.Ref}, exitConfig, "still under " + o.Old.ARN + ": 300 rows of public.payment_methods"},
 		{"retire the active key", []string{"keys", "retire", "--key", o.New.ARN}, exitConfig, "is the active key"},
 		{"delete a rotating key", []string{"keys", "schedule-deletion", "--key", o.Old.ARN, "--pending-days", "7"}, exitConfig, "not retired"},
-		{"retire without --key", []string{"keys", "retire"}, exitConfig, "needs --key"},
-		{"unknown sub-command", []string{"keys", "destroy"}, exitConfig, "unknown sub-command"},
+		{"retire without --key", []string{"keys", "retire"}, exitUsage, "needs --key"},
+		{"unknown sub-command", []string{"keys", "destroy"}, exitUsage, `unknown command "destroy"`},
 	}
 	for _, c := range refusals {
 		r := o.cmd(c.args)

@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 )
 
 func init() {
-	register("migrate", "create or upgrade the state schema (STATE_SCHEMA) to this release, and nothing else", cmdMigrate)
+	registerCommand(command{path: []string{"migrate"}, summary: "create or upgrade the state schema (STATE_SCHEMA) to this release, and nothing else",
+		vars: varsDB, setup: func(*pflag.FlagSet) runFunc { return cmdMigrate }})
 }
 
 // cmdMigrate is the state schema's owner bringing it to this release, so

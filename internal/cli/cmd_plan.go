@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math"
@@ -12,16 +11,20 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
 func init() {
-	registerWithFlags("plan", "dry run: rows by key, KMS calls and time the run needs, key checks; writes nothing", func(fs *flag.FlagSet) runFunc {
-		asJSON := fs.Bool("json", false, "print the plan as JSON")
-		return func(ctx context.Context, a *app, _ []string) error { return cmdPlan(ctx, a, *asJSON) }
-	})
+	registerCommand(command{path: []string{"plan"}, summary: "dry run: rows by key, KMS calls and time the run needs, key checks; writes nothing",
+		vars: vars(varsDB, varsTable, varsKMS, varsDataKeys, []string{"MODE", "BATCH_SIZE", "RANGES", "RANGE_WORKERS", "LOCK_TIMEOUT"}),
+		setup: func(fs *pflag.FlagSet) runFunc {
+			asJSON := fs.Bool("json", false, "print the plan as JSON")
+			return func(ctx context.Context, a *app, _ []string) error { return cmdPlan(ctx, a, *asJSON) }
+		}})
 }
 
 // planReport is what `plan` prints; its JSON field names are the --json
@@ -40,6 +43,8 @@ type planReport struct {
 	// WrappedKeys are the distinct wrapped data keys of the rows under OLD.
 	WrappedKeys wrappedReport `json:"wrapped_keys_under_old"`
 
+	// Ranges is how many ranges a new pass will cut (RANGES is the most).
+	Ranges   int          `json:"ranges"`
 	KMSCalls kmsCallPlan  `json:"kms_calls"`
 	Budget   budgetReport `json:"budget"`
 	Estimate timeEstimate `json:"estimate"`
@@ -189,9 +194,14 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 			return err
 		}
 	}
+	ranges, err := batch.PlanRanges(ctx, db, t, cfg.RangeCount(), cfg.BatchSize)
+	if err != nil {
+		return tempErr(fmt.Errorf("plan: cut ranges: %w", err))
+	}
+	r.Ranges = ranges.Ranges
 	if f := c.Focus; f != nil {
 		r.WrappedKeys = wrappedReport{Distinct: f.Distinct, Exact: f.Exact}
-		r.KMSCalls = a.kmsCalls(mode, f)
+		r.KMSCalls = a.kmsCalls(mode, f, ranges)
 	}
 	r.Budget, r.Estimate = a.estimate(checked.KMSLatency, r.KMSCalls)
 	if nullable == nil {
@@ -282,12 +292,17 @@ func (r *planReport) addUnreachable(ctx context.Context, a *app, checked *batch.
 // pages once it is seen to be shared) and
 // generates one data key per page that holds rows under OLD; rewrap re-wraps
 // each distinct wrapped key of each page (ReEncrypt results are not cached).
-// Range boundaries split pages, hence up to one more page per range.
-func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys) kmsCallPlan {
+// The ranges are the ones the run will cut: of whole pages, the census's
+// pages are the run's; cut at sampled ids (large tables), each range may
+// end in one more, short page.
+func (a *app) kmsCalls(mode batch.Mode, f *census.WrappedKeys, ranges batch.RangePlan) kmsCallPlan {
 	cfg := a.cfg
 	var k kmsCallPlan
 	if f.Rows > 0 {
-		pages := min(f.Rows, f.PagesWithRows+int64(cfg.RangeCount()))
+		pages := f.PagesWithRows
+		if !ranges.WholePages {
+			pages = min(f.Rows, pages+int64(ranges.Ranges))
+		}
 		switch mode {
 		case batch.Rewrap:
 			k.ReEncrypt = f.PerPageDistinct
@@ -377,7 +392,7 @@ func (r *planReport) print(w io.Writer) {
 		}
 	}
 
-	fmt.Fprintf(w, "\nKMS calls the run will need (%s, whole Job)\n", r.Mode)
+	fmt.Fprintf(w, "\nKMS calls the run will need (%s, whole Job, %d ranges)\n", r.Mode, r.Ranges)
 	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if r.Mode == string(batch.Rewrap) {
 		fmt.Fprintf(tw, "  ReEncrypt\t%s\t  one per distinct wrapped key in each page\n", num(r.KMSCalls.ReEncrypt))

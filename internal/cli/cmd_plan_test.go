@@ -86,9 +86,9 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 	if p.WrappedKeys != (wrappedReport{Distinct: 100, Exact: true}) {
 		t.Errorf("wrapped keys under OLD: got %+v, want 100 exact", p.WrappedKeys)
 	}
-	// One page of 1000 holds every row under OLD; up to one more page per
-	// range (RANGES=8) where ranges cut pages: 1 + 8 GenerateDataKey.
-	want := kmsCallPlan{Decrypt: 100, GenerateDataKey: 9, PreflightPerPod: 7, Total: 116}
+	// One page of 1000 holds every row under OLD, and the run cuts its
+	// ranges in whole pages (here one range): 1 GenerateDataKey.
+	want := kmsCallPlan{Decrypt: 100, GenerateDataKey: 1, PreflightPerPod: 7, Total: 108}
 	if p.KMSCalls != want {
 		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
 	}
@@ -255,5 +255,32 @@ func TestPlanRefusals(t *testing.T) {
 	}
 	if o.schemaExists("reencrypt") {
 		t.Error("a refused plan created the bookkeeping schema")
+	}
+}
+
+// TestPlanRangesAsTheRun: plan cuts the ranges the way the run will and
+// predicts its GenerateDataKey calls exactly. Before, it assumed the 64
+// ranges RANGES=0 asks for at most, each ending in a short page: 69
+// GenerateDataKey for 4,500 rows in pages of 1,000 where the run cut 5
+// ranges of whole pages and made 5 (and its preflight's 1).
+func TestPlanRangesAsTheRun(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(4500, o.Old, 1)
+	env := []string{"RANGES=0", "BATCH_SIZE=1000"}
+
+	r := o.cmd([]string{"plan", "--json"}, env...)
+	o.mustCode(r, exitOK)
+	p := opDecode[planReport](t, r)
+
+	o.proxy.ResetCounts()
+	o.mustCode(o.cmd([]string{"run"}, env...), exitOK)
+	calls := o.proxy.Counts()
+	s := opDecode[statusReport](t, o.cmd([]string{"status", "--json", "--no-scan"}, env...))
+
+	if p.Ranges != 5 || s.Runs[0].Ranges.Total != 5 {
+		t.Errorf("ranges: plan %d, run %d; want 5 and 5 (4,500 rows in whole pages of 1,000)", p.Ranges, s.Runs[0].Ranges.Total)
+	}
+	if got := calls["GenerateDataKey"] - 1; p.KMSCalls.GenerateDataKey != got {
+		t.Errorf("GenerateDataKey: plan %d, the run %d (and its preflight's 1)", p.KMSCalls.GenerateDataKey, got)
 	}
 }

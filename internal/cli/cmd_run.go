@@ -6,14 +6,18 @@ import (
 	"time"
 
 	"github.com/reencrypt/reencrypt/internal/buildinfo"
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/registry"
 )
 
 func init() {
-	register("run", "rotate every token from OLD_KEY_ID to NEW_KEY_ID (rerun to resume)", cmdRun)
+	registerCommand(command{path: []string{"run"}, summary: "rotate every token from OLD_KEY_ID to NEW_KEY_ID (rerun to resume)",
+		setup: func(*pflag.FlagSet) runFunc { return cmdRun }}) // every variable
 }
 
 func cmdRun(ctx context.Context, a *app, _ []string) error {
@@ -40,6 +44,13 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		"kms_latency_ms", float64(checked.KMSLatency.Microseconds())/1000,
 		"kms_budget_per_s", a.budget.Ceiling(), "kms_workers", workers,
 		"kms_requests", a.kmsRequestCounts()) // the preflight's own: a fixed cost per run
+
+	// A warning, not a refusal: the registry is the runbook's record of
+	// the rotation, and the Job's role may not even read it.
+	registryNote := a.registryDisagrees(ctx, db, checked.Old.ARN, checked.New.ARN)
+	if registryNote != "" {
+		a.warnRegistry(registryNote, checked)
+	}
 
 	if err := batch.CheckWritePrivileges(ctx, db, checked.Table); err != nil {
 		return err
@@ -95,6 +106,9 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	fmt.Fprintf(a.stdout, "run %s pass %d: rotated %d, already under the new key %d, under another key %d, quarantined %d, conflicted %d in %s (%d rows/s)\n",
 		sum.RunID, sum.Pass, p.Rotated, p.Skipped, p.OtherKey, p.Quarantined, p.Conflicted,
 		sum.Duration.Round(time.Millisecond), int(rate))
+	if registryNote != "" {
+		a.warnRegistry(registryNote, checked) // again, by the summary, where an operator looks
+	}
 	if runErr != nil {
 		return runErr
 	}
@@ -117,4 +131,48 @@ func (a *app) recountOld(ctx context.Context, db census.Querier, checked *batch.
 			"the live API wrote them behind the cursor; rerun (and make sure the API writes under NEW)", n))
 	}
 	return nil
+}
+
+// registryWarning is the warning run gives when the key registry does not
+// record the rotation it is doing.
+const registryWarning = "reencrypt run: the key registry does not show this rotation (OLD rotating, NEW active); was `reencrypt keys begin` skipped?"
+
+func (a *app) warnRegistry(note string, checked *batch.Checked) {
+	a.log.Warn(registryWarning, "registry", note, "old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN)
+}
+
+// registryDisagrees says how the key registry differs from this rotation
+// (OLD rotating, NEW active, as `keys begin` leaves it), "" when it agrees.
+func (a *app) registryDisagrees(ctx context.Context, db batch.DB, oldARN, newARN string) string {
+	api, err := a.kms(ctx) // DescribeKey only for key_ids that are not ARNs
+	if err != nil {
+		return fmt.Sprintf("not checked: %v", err)
+	}
+	reg := registry.New(db, a.cfg.TableSchema).WithGuard(registry.Guard{KMS: api})
+	keys, exists, err := reg.List(ctx)
+	switch {
+	case err != nil:
+		return fmt.Sprintf("%s cannot be read (%v); `reencrypt keys list` as the operator shows it", reg.Qualified(), err)
+	case !exists:
+		return reg.Qualified() + " does not exist"
+	}
+	status := func(arn string) string {
+		for _, k := range keys {
+			if k.ARN == arn {
+				return k.Status
+			}
+		}
+		return ""
+	}
+	o, n := status(oldARN), status(newARN)
+	if o == registry.StatusRotating && n == registry.StatusActive {
+		return ""
+	}
+	says := func(s string) string {
+		if s == "" {
+			return "not listed"
+		}
+		return s
+	}
+	return fmt.Sprintf("in %s OLD is %s, NEW is %s", reg.Qualified(), says(o), says(n))
 }

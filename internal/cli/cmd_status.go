@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"math/big"
@@ -10,21 +9,24 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/pflag"
+
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 )
 
 func init() {
-	registerWithFlags("status", "progress of every run on the table: ranges, rows done, quarantine, rate, ETA, rows still under OLD", func(fs *flag.FlagSet) runFunc {
-		o := statusOptions{}
-		fs.BoolVar(&o.json, "json", false, "print the status as JSON")
-		fs.BoolVar(&o.noScan, "no-scan", false, "do not read the table to count rows still under OLD (for huge tables)")
-		fs.StringVar(&o.run, "run", "", "show only this run id")
-		fs.BoolVar(&o.allRanges, "all-ranges", false, "list every range, also the finished ones with nothing left")
-		fs.IntVar(&o.quarantine, "quarantine", 20, "quarantined rows to list per run (ids and error classes)")
-		return func(ctx context.Context, a *app, _ []string) error { return cmdStatus(ctx, a, o) }
-	})
+	registerCommand(command{path: []string{"status"}, summary: "progress of every run on the table: ranges, rows done, quarantine, rate, ETA, rows still under OLD",
+		vars: vars(varsDB, varsTable), setup: func(fs *pflag.FlagSet) runFunc {
+			o := statusOptions{}
+			fs.BoolVar(&o.json, "json", false, "print the status as JSON")
+			fs.BoolVar(&o.noScan, "no-scan", false, "do not read the table to count rows still under OLD (for huge tables)")
+			fs.StringVar(&o.run, "run", "", "show only this run id")
+			fs.BoolVar(&o.allRanges, "all-ranges", false, "list every range, also the finished ones with nothing left")
+			fs.IntVar(&o.quarantine, "quarantine", 20, "quarantined rows to list per run (ids and error classes)")
+			return func(ctx context.Context, a *app, _ []string) error { return cmdStatus(ctx, a, o) }
+		}})
 }
 
 type statusOptions struct {
@@ -88,7 +90,10 @@ type runStatus struct {
 		Paused     int `json:"paused"` // pending, part done (released on shutdown)
 		LiveLeases int `json:"live_leases"`
 	} `json:"ranges"`
-	Rows rowCounts `json:"rows"`
+	Rows rowCounts `json:"rows"` // this pass
+	// RunTotal is the run's rows over all its passes: after a rerun, the
+	// pass alone shows mostly rows skipped (already under NEW).
+	RunTotal rowCounts `json:"run_total"`
 	// RowsPerSecond is rows read in the pass per second of the pass.
 	RowsPerSecond float64 `json:"rows_per_second"`
 	// KeyspaceDone is the share of the keyspace behind the ranges' cursors.
@@ -203,6 +208,11 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 		if underOld != nil {
 			addUnderOld(&rs, underOld[i])
 		}
+		total, err := store.RunTotals(ctx, r.ID)
+		if err != nil {
+			return tempErr(err)
+		}
+		rs.RunTotal = countsOf(total)
 		q, err := store.QuarantineSummary(ctx, r.ID, r.Pass, o.quarantine)
 		if err != nil {
 			return tempErr(err)
@@ -481,8 +491,14 @@ func (rs *runStatus) print(w io.Writer, allRanges bool) {
 	fmt.Fprintf(tw, "  ranges\t%d: %d done, %d running, %d stale (lease expired), %d pending (%d of them part done)\n",
 		g.Total, g.Done, g.Running, g.Stale, g.Pending, g.Paused)
 	c := rs.Rows
-	fmt.Fprintf(tw, "  rows\t%s read: %s rotated, %s skipped (already NEW), %s other key, %s quarantined, %s conflicted\n",
+	fmt.Fprintf(tw, "  rows this pass\t%s read: %s rotated, %s skipped (already NEW), %s other key, %s quarantined, %s conflicted\n",
 		num(c.Read), num(c.Rotated), num(c.Skipped), num(c.OtherKey), num(c.Quarantined), num(c.Conflicted))
+	passes := "1 pass"
+	if rs.Pass != 1 {
+		passes = fmt.Sprintf("%d passes", rs.Pass)
+	}
+	t := rs.RunTotal
+	fmt.Fprintf(tw, "  run total\t%s rotated over %s (%s rows read in all)\n", num(t.Rotated), passes, num(t.Read))
 	eta := "-"
 	if rs.ETASeconds != nil {
 		eta = human(seconds(*rs.ETASeconds))

@@ -100,3 +100,37 @@ func TestStatusThroughARotation(t *testing.T) {
 	r = o.cmd([]string{"status", "--run", "0123456789abcdef"})
 	o.mustCode(r, exitConfig)
 }
+
+// TestStatusTotalsAcrossPasses: a rerun after a finished pass is a new pass
+// of the same run; status shows that pass and the run's totals over every
+// pass (before, a rerun hid the run's work: "0 rotated, 600 skipped").
+func TestStatusTotalsAcrossPasses(t *testing.T) {
+	o := newOpEnv(t, "uuid")
+	o.Seed(600, o.Old, 1)
+	o.mustCode(o.cmd([]string{"run"}), exitOK)
+	o.Seed(10, o.Old, 1) // the live API wrote under OLD after the pass
+	o.mustCode(o.cmd([]string{"run"}), exitOK)
+
+	r := o.cmd([]string{"status", "--json"})
+	o.mustCode(r, exitOK)
+	runs := opDecode[statusReport](t, r).Runs
+	if len(runs) != 1 {
+		t.Fatalf("got %d runs, want 1\n%s", len(runs), r)
+	}
+	rs := runs[0]
+	if rs.Pass != 2 || rs.Rows.Rotated != 10 || rs.Rows.Skipped != 600 {
+		t.Errorf("pass %d rows %+v; want pass 2 with 10 rotated and 600 skipped", rs.Pass, rs.Rows)
+	}
+	if want := (rowCounts{Read: 1210, Rotated: 610, Skipped: 600}); rs.RunTotal != want {
+		t.Errorf("run total %+v, want %+v (pass 1: 600 rotated; pass 2: 10 rotated, 600 skipped)", rs.RunTotal, want)
+	}
+	if got := o.int(`SELECT count(*) FROM payment_method_audit WHERE action = 'token_reencrypted'`); got != rs.RunTotal.Rotated {
+		t.Errorf("the audit table has %d rotations, status's run total %d", got, rs.RunTotal.Rotated)
+	}
+	r = o.cmd([]string{"status"})
+	for _, want := range []string{"this pass", "run total", "610 rotated over 2 passes"} {
+		if !strings.Contains(r.stdout, want) {
+			t.Errorf("human status lacks %q:\n%s", want, r.stdout)
+		}
+	}
+}

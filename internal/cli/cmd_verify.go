@@ -3,7 +3,6 @@ package cli
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -12,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
@@ -25,14 +25,15 @@ import (
 const maxSample = 1_000_000
 
 func init() {
-	registerWithFlags("verify", "prove the rotation: rows under NEW open with their own AAD, none is left under OLD, audit rows are there; exit 65 with a list otherwise", func(fs *flag.FlagSet) runFunc {
-		o := verifyOptions{}
-		fs.BoolVar(&o.json, "json", false, "print the result as JSON")
-		fs.IntVar(&o.sample, "sample", 0, "open only N rows under NEW, drawn uniformly from the whole table (0 = every row); rows under OLD are always all counted")
-		fs.IntVar(&o.maxFailures, "max-failures", 100, "failed rows to list (all of them are counted)")
-		fs.BoolVar(&o.skipAudit, "skip-audit", false, "do not require a token_reencrypted audit row for each row under NEW (once the live API writes under NEW itself, after the alias switch)")
-		return func(ctx context.Context, a *app, _ []string) error { return cmdVerify(ctx, a, o) }
-	})
+	registerCommand(command{path: []string{"verify"}, summary: "prove the rotation: rows under NEW open with their own AAD, none is left under OLD, audit rows are there; exit 65 with a list otherwise",
+		vars: vars(varsDB, varsTable, varsKMS, varsDataKeys), setup: func(fs *pflag.FlagSet) runFunc {
+			o := verifyOptions{}
+			fs.BoolVar(&o.json, "json", false, "print the result as JSON")
+			fs.IntVar(&o.sample, "sample", 0, "open only N rows under NEW, drawn uniformly from the whole table (0 = every row); rows under OLD are always all counted")
+			fs.IntVar(&o.maxFailures, "max-failures", 100, "failed rows to list (all of them are counted)")
+			fs.BoolVar(&o.skipAudit, "skip-audit", false, "do not require a token_reencrypted audit row for each row under NEW (once the live API writes under NEW itself, after the alias switch)")
+			return func(ctx context.Context, a *app, _ []string) error { return cmdVerify(ctx, a, o) }
+		}})
 }
 
 type verifyOptions struct {

@@ -24,8 +24,8 @@ func TestProductionBinaryHasNoTestHooks(t *testing.T) {
 	assertRotatedOnce(t, e, ids)
 
 	p, code = runCLI(t, cliEnv(e), time.Minute, "seed", "--rows", "10")
-	if code != exitConfig || !strings.Contains(p.stderr.String(), `unknown command "seed"`) {
-		t.Errorf("reencrypt seed: exit %d, want %d (unknown command); stderr:\n%s", code, exitConfig, tail(p.stderr.String()))
+	if code != exitUsage || !strings.Contains(p.stderr.String(), `unknown command "seed"`) {
+		t.Errorf("reencrypt seed: exit %d, want %d (unknown command); stderr:\n%s", code, exitUsage, tail(p.stderr.String()))
 	}
 	if n := e.Int(`SELECT count(*) FROM payment_methods`); n != int64(len(ids)) {
 		t.Errorf("rows after `reencrypt seed`: %d, want %d", n, len(ids))

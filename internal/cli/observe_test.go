@@ -355,7 +355,7 @@ func TestPushFailureHidesCredentials(t *testing.T) {
 	u := strings.Replace(srv.URL, "http://", "http://pusher:s3cr%2Ft-pw@", 1)
 	var stderr bytes.Buffer
 	a := &app{cfg: &config.Config{PushgatewayURL: u}, reg: prometheus.NewRegistry()}
-	a.log = newLogger(&stderr, "info")
+	a.log = newLogger(&stderr, "info", false)
 	a.pushMetrics()
 	if !strings.Contains(stderr.String(), "push metrics to the Pushgateway failed") {
 		t.Fatalf("the failed push is not logged:\n%s", stderr.String())

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"io"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/spf13/pflag"
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
@@ -17,38 +17,42 @@ import (
 )
 
 func init() {
-	registerWithFlags("pause", "stop every pod of the run on TABLE before its next page (they keep their leases)", func(fs *flag.FlagSet) runFunc {
-		reason := fs.String("reason", "", "why, recorded with the event (who: the database role)")
-		wait := fs.Duration("wait", 10*time.Second, "wait this long for every live pod to report paused (0: do not wait)")
-		return func(ctx context.Context, a *app, _ []string) error {
-			return steer(ctx, a, "paused", *wait, func(c *checkpoint.Controls) { c.Paused, c.Reason = true, *reason })
-		}
-	})
-	registerWithFlags("resume", "let the pods of the run on TABLE go on after a pause", func(fs *flag.FlagSet) runFunc {
-		reason := fs.String("reason", "", "why, recorded with the event")
-		return func(ctx context.Context, a *app, _ []string) error {
-			return steer(ctx, a, "resumed", 0, func(c *checkpoint.Controls) { c.Paused, c.Reason = false, *reason })
-		}
-	})
-	registerWithFlags("throttle", "cap the KMS requests/s and rows/s of every pod on TABLE, for the whole Job (0 lifts a cap)", func(fs *flag.FlagSet) runFunc {
-		kmsRate := fs.Float64("kms-rate", -1, "KMS requests per second for the whole Job, below KMS_RATE_LIMIT (0 lifts the cap; unset: unchanged)")
-		rowsRate := fs.Float64("rows-rate", -1, "rows per second for the whole Job, below MAX_ROWS_PER_SECOND (0 lifts the cap; unset: unchanged)")
-		reason := fs.String("reason", "", "why, recorded with the event")
-		return func(ctx context.Context, a *app, _ []string) error {
-			if *kmsRate < 0 && *rowsRate < 0 {
-				return configError("throttle needs --kms-rate N or --rows-rate N (0 lifts a cap)")
+	steering := vars(varsDB, []string{"TABLE_SCHEMA", "TABLE"})
+	registerCommand(command{path: []string{"pause"}, summary: "stop every pod of the run on TABLE before its next page (they keep their leases)",
+		vars: steering, setup: func(fs *pflag.FlagSet) runFunc {
+			reason := fs.String("reason", "", "why, recorded with the event (who: the database role)")
+			wait := fs.Duration("wait", 10*time.Second, "wait this long for every live pod to report paused (0: do not wait)")
+			return func(ctx context.Context, a *app, _ []string) error {
+				return steer(ctx, a, "paused", *wait, func(c *checkpoint.Controls) { c.Paused, c.Reason = true, *reason })
 			}
-			return steer(ctx, a, "throttled", 0, func(c *checkpoint.Controls) {
-				if *kmsRate >= 0 {
-					c.KMSRate = *kmsRate
+		}})
+	registerCommand(command{path: []string{"resume"}, summary: "let the pods of the run on TABLE go on after a pause",
+		vars: steering, setup: func(fs *pflag.FlagSet) runFunc {
+			reason := fs.String("reason", "", "why, recorded with the event")
+			return func(ctx context.Context, a *app, _ []string) error {
+				return steer(ctx, a, "resumed", 0, func(c *checkpoint.Controls) { c.Paused, c.Reason = false, *reason })
+			}
+		}})
+	registerCommand(command{path: []string{"throttle"}, summary: "cap the KMS requests/s and rows/s of every pod on TABLE, for the whole Job (0 lifts a cap)",
+		vars: steering, setup: func(fs *pflag.FlagSet) runFunc {
+			kmsRate := fs.Float64("kms-rate", -1, "KMS requests per second for the whole Job, below KMS_RATE_LIMIT (0 lifts the cap; unset: unchanged)")
+			rowsRate := fs.Float64("rows-rate", -1, "rows per second for the whole Job, below MAX_ROWS_PER_SECOND (0 lifts the cap; unset: unchanged)")
+			reason := fs.String("reason", "", "why, recorded with the event")
+			return func(ctx context.Context, a *app, _ []string) error {
+				if *kmsRate < 0 && *rowsRate < 0 {
+					return usageErrorf("needs --kms-rate N or --rows-rate N (0 lifts a cap)")
 				}
-				if *rowsRate >= 0 {
-					c.RowsRate = *rowsRate
-				}
-				c.Reason = *reason
-			})
-		}
-	})
+				return steer(ctx, a, "throttled", 0, func(c *checkpoint.Controls) {
+					if *kmsRate >= 0 {
+						c.KMSRate = *kmsRate
+					}
+					if *rowsRate >= 0 {
+						c.RowsRate = *rowsRate
+					}
+					c.Reason = *reason
+				})
+			}
+		}})
 }
 
 // scope is what the operator steers: every pod working on TABLE.

@@ -55,8 +55,8 @@ func TestPauseResumeThrottle(t *testing.T) {
 		!strings.Contains(op.stdout.String(), "KMS capped at 120 requests/s") {
 		t.Errorf("throttle: exit %d\n%s", code, op.stdout)
 	}
-	if op, code := runCLI(t, env, time.Minute, "throttle"); code != exitConfig {
-		t.Errorf("throttle without a rate: exit %d, want %d\n%s", code, exitConfig, op.stderr)
+	if op, code := runCLI(t, env, time.Minute, "throttle"); code != exitUsage {
+		t.Errorf("throttle without a rate: exit %d, want %d (a missing flag)\n%s", code, exitUsage, op.stderr)
 	}
 	if _, code := runCLI(t, env, time.Minute, "resume"); code != exitOK {
 		t.Fatalf("resume: exit %d", code)

@@ -30,7 +30,7 @@ func TestVersion(t *testing.T) {
 		{[]string{"version"}, exitOK, []string{"reencrypt " + b.Version + "\n", "revision:", "go:        " + b.GoVersion}},
 		{[]string{"--version"}, exitOK, []string{"reencrypt " + b.Version + " (revision ", b.GoVersion + ")\n"}},
 		{[]string{"version", "--json"}, exitOK, []string{`"version":`}},
-		{[]string{"version", "extra"}, exitConfig, nil},
+		{[]string{"version", "extra"}, exitUsage, nil},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer

@@ -36,17 +36,43 @@ func planRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkp
 // planRangesAbove is planRanges with the exact planner's threshold given:
 // tests cut a small table the way a large one is cut.
 func planRangesAbove(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
+	b, _, err := cutRanges(ctx, db, t, n, pageRows, exactMax)
+	return b, err
+}
+
+// cutRanges is planRanges, also saying whether the ranges hold whole
+// pages (cut at row positions).
+func cutRanges(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, bool, error) {
 	n = max(n, 1)
 	estimate, err := rowEstimate(ctx, db, t)
 	if err != nil {
-		return nil, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
+		return nil, false, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
 	}
 	// reltuples is -1 before the table's first VACUUM or ANALYZE: a young
 	// table, cut exactly.
 	if estimate <= exactMax {
-		return rowRanges(ctx, db, t, n, pageRows)
+		b, err := rowRanges(ctx, db, t, n, pageRows)
+		return b, true, err
 	}
-	return quantileRanges(ctx, db, t, n)
+	b, err := quantileRanges(ctx, db, t, n)
+	return b, false, err
+}
+
+// RangePlan is how the next pass will cut a table.
+type RangePlan struct {
+	Ranges int
+	// WholePages: every range holds whole pages (cut at row positions), so
+	// no range but the last ends in a short page; otherwise each range may
+	// add one short page (and, in rekey mode, one data key).
+	WholePages bool
+}
+
+// PlanRanges cuts the table as a new pass of the run will (the engine's own
+// planRanges, with the run's RANGES and BATCH_SIZE), for `plan` to count
+// the pages and data keys the run will really make. It only reads.
+func PlanRanges(ctx context.Context, db DB, t *Table, n, pageRows int) (RangePlan, error) {
+	b, whole, err := cutRanges(ctx, db, t, n, pageRows, exactPlanMaxRows)
+	return RangePlan{Ranges: len(b), WholePages: whole}, err
 }
 
 // rowEstimate is the planner's row count of t (pg_class.reltuples): -1

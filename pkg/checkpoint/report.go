@@ -132,6 +132,22 @@ func (s *Store) Ranges(ctx context.Context, runID string, pass int) ([]RangeInfo
 	return out, now, rows.Err()
 }
 
+// RunTotals sums a run's counts over every pass it made: what a rerun's
+// pass alone (mostly rows skipped, already under NEW) does not show.
+func (s *Store) RunTotals(ctx context.Context, runID string) (Counts, error) {
+	var c Counts
+	err := s.db.QueryRow(ctx, fmt.Sprintf(`
+		SELECT coalesce(sum(rows_rotated), 0)::bigint, coalesce(sum(rows_skipped), 0)::bigint,
+			coalesce(sum(rows_other_key), 0)::bigint, coalesce(sum(rows_quarantined), 0)::bigint,
+			coalesce(sum(rows_conflicted), 0)::bigint
+		FROM %s.ranges WHERE run_id = $1`, s.schema), runID).
+		Scan(&c.Rotated, &c.Skipped, &c.OtherKey, &c.Quarantined, &c.Conflicted)
+	if err != nil {
+		return c, fmt.Errorf("read the totals of run %s: %w", runID, err)
+	}
+	return c, nil
+}
+
 // QuarantineReport is the quarantine of one run.
 type QuarantineReport struct {
 	// Total rows ever quarantined in the run; Current those seen again in

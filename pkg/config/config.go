@@ -2,13 +2,16 @@
 // (as in the runbook's Job) parsed by caarlos0/env, with a command-line flag
 // mirroring each variable (BATCH_SIZE ⇔ --batch-size). Flags win over the
 // environment. Only cmd/ reads the environment; packages take values.
+//
+// The flags themselves are the command line's (internal/cli): it lists
+// Variables, and hands Load the text given to each flag it saw, by
+// variable name. Values are then typed in one place, by caarlos0/env,
+// whichever way they came.
 package config
 
 import (
 	"errors"
-	"flag"
 	"fmt"
-	"io"
 	"net/url"
 	"reflect"
 	"regexp"
@@ -63,152 +66,284 @@ type Config struct {
 	MetricsAddr    string `env:"METRICS_ADDR" envDefault:"" help:"serve /metrics on this address while running (e.g. :9090)"`
 	PushgatewayURL string `env:"PUSHGATEWAY_URL" envDefault:"" help:"push final metrics to this Prometheus Pushgateway"`
 	LogLevel       string `env:"LOG_LEVEL" envDefault:"info" help:"debug, info, warn or error"`
+	LogFormat      string `env:"LOG_FORMAT" envDefault:"auto" help:"logs and errors: text (plain lines), json (one JSON record a line), or auto (text on a terminal, else json, as in a Job)"`
 	Progress       string `env:"PROGRESS" envDefault:"auto" help:"progress bar: auto (only on a terminal), on or off"`
 }
 
-// Load reads the environment, then the flags in args, and validates. It
-// returns the remaining (positional) arguments. extra, when set, registers a
-// command's own flags on the same flag set.
-func Load(name string, args []string, environ map[string]string, usage io.Writer, extra func(*flag.FlagSet)) (*Config, []string, error) {
-	cfg := &Config{}
-	if err := env.ParseWithOptions(cfg, env.Options{Environment: environ}); err != nil {
-		return nil, nil, fmt.Errorf("environment: %w", err)
-	}
-	if cfg.ShardIndex < 0 {
-		cfg.ShardIndex = 0
-		if v, ok := environ["JOB_COMPLETION_INDEX"]; ok && v != "" {
-			i, err := strconv.Atoi(v)
-			if err != nil {
-				return nil, nil, fmt.Errorf("JOB_COMPLETION_INDEX %q is not a number", v)
-			}
-			cfg.ShardIndex = i
-		}
-	}
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(usage)
-	Flags(fs, cfg)
-	if extra != nil {
-		extra(fs)
-	}
-	if err := fs.Parse(args); err != nil {
-		return nil, nil, err
-	}
-	if err := cfg.Validate(); err != nil {
-		return nil, nil, err
-	}
-	return cfg, fs.Args(), nil
+// Variable is one setting as the command line shows it: its environment
+// variable, the flag mirroring it, the kind of value, its default and help.
+type Variable struct {
+	Name    string // BATCH_SIZE
+	Flag    string // batch-size
+	Kind    string // int, float, duration, bool or string
+	Default string // the envDefault tag
+	Help    string
+	Secret  bool // the value may hold a password: never shown as given
 }
 
-// Flags registers a flag for every field of cfg, named after its variable
-// (BATCH_SIZE → --batch-size), defaulting to the value cfg holds now.
-func Flags(fs *flag.FlagSet, cfg *Config) {
-	v := reflect.ValueOf(cfg).Elem()
-	t := v.Type()
+// Variables lists every setting, in the order of Config's fields.
+func Variables() []Variable {
+	t := reflect.TypeOf(Config{})
+	out := make([]Variable, 0, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
 		name := f.Tag.Get("env")
 		if name == "" {
 			continue
 		}
-		flagName := strings.ReplaceAll(strings.ToLower(name), "_", "-")
-		help := f.Tag.Get("help") + " [$" + name + "]"
-		p := v.Field(i).Addr().Interface()
-		switch p := p.(type) {
-		case *string:
-			fs.StringVar(p, flagName, *p, help)
-			if secretBearing[name] {
-				// The default shown by --help and usage errors comes from
-				// the environment: it may hold a password.
-				fs.Lookup(flagName).DefValue = redactValue(name, *p)
+		out = append(out, Variable{Name: name, Flag: FlagName(name), Kind: kindOf(f.Type),
+			Default: f.Tag.Get("envDefault"), Help: f.Tag.Get("help"), Secret: secretBearing[name]})
+	}
+	return out
+}
+
+// FlagName is the flag mirroring a variable: BATCH_SIZE → batch-size.
+func FlagName(variable string) string {
+	return strings.ReplaceAll(strings.ToLower(variable), "_", "-")
+}
+
+var durationType = reflect.TypeOf(time.Duration(0))
+
+func kindOf(t reflect.Type) string {
+	switch {
+	case t == durationType:
+		return "duration"
+	case t.Kind() == reflect.Int:
+		return "int"
+	case t.Kind() == reflect.Float64:
+		return "float"
+	case t.Kind() == reflect.Bool:
+		return "bool"
+	}
+	return "string"
+}
+
+// Shown is how a variable's current value may be printed (as a flag's
+// default in help): passwords masked.
+func Shown(v Variable, value string) string {
+	if v.Secret {
+		return redactValue(v.Name, value)
+	}
+	return value
+}
+
+// Load parses the environment with caarlos0/env, flags (values given on
+// the command line, by variable name) taking precedence over it, and
+// validates. Only the variables in only (all when nil) are checked: a
+// command is not refused over a setting it does not read. Every error
+// names what the user wrote: the flag (--batch-size) when the value came
+// from one, else the variable (BATCH_SIZE), never a Go field.
+func Load(environ, flags map[string]string, only []string) (*Config, error) {
+	merged := make(map[string]string, len(environ)+len(flags))
+	for k, v := range environ {
+		merged[k] = v
+	}
+	for k, v := range flags {
+		merged[k] = v
+	}
+	checked := func(string) bool { return true }
+	if only != nil {
+		set := map[string]bool{}
+		for _, n := range only {
+			set[n] = true
+		}
+		checked = func(name string) bool { return set[name] }
+	}
+	cfg := &Config{}
+	if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
+		var errs []error
+		for _, e := range parseErrors(err, merged, flags) {
+			if checked(e.name) || e.err != nil {
+				errs = append(errs, e)
 			}
-		case *int:
-			fs.IntVar(p, flagName, *p, help)
-		case *float64:
-			fs.Float64Var(p, flagName, *p, help)
-		case *time.Duration:
-			fs.DurationVar(p, flagName, *p, help)
-		case *bool:
-			fs.BoolVar(p, flagName, *p, help)
+			delete(merged, e.name)
+		}
+		if len(errs) > 0 {
+			return nil, errors.Join(errs...)
+		}
+		// Only variables the command does not read failed: they take
+		// their defaults rather than the zero value a failed field has.
+		cfg = &Config{}
+		if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
+			return nil, err
 		}
 	}
+	if cfg.ShardIndex < 0 {
+		cfg.ShardIndex = 0
+		if v, ok := environ["JOB_COMPLETION_INDEX"]; ok && v != "" {
+			i, err := strconv.Atoi(v)
+			if err != nil {
+				return nil, fmt.Errorf("JOB_COMPLETION_INDEX %q is not a number", v)
+			}
+			cfg.ShardIndex = i
+		}
+	}
+	if err := cfg.validate(checked); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// valueError is a value that does not parse, named as the user wrote it.
+type valueError struct {
+	err   error  // an error that names no field: shown as it is
+	name  string // the variable
+	shown string // the variable, or the flag it came from
+	value string
+	kind  string
+}
+
+func (e *valueError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	if secretBearing[e.name] {
+		return fmt.Sprintf("%s: not %s (value not shown: it may hold a password)", e.shown, want[e.kind])
+	}
+	return fmt.Sprintf("%s: %q is not %s", e.shown, e.value, want[e.kind])
+}
+
+// KindPhrase is what a value of kind (as Variable.Kind, or a pflag type)
+// must be: "an integer".
+func KindPhrase(kind string) string {
+	if kind == "float64" {
+		kind = "float"
+	}
+	if p, ok := want[kind]; ok {
+		return p
+	}
+	return "a valid " + kind
+}
+
+var want = map[string]string{"int": "an integer", "float": "a number", "bool": "true or false",
+	"duration": "a duration (like 30s, 5m or 1h30m)", "string": "a string"}
+
+// parseErrors turns caarlos0/env's errors, which name the Go field, into
+// ones naming the variable or flag. An error it cannot place is kept as
+// it is.
+func parseErrors(err error, values, flags map[string]string) []*valueError {
+	byField := map[string]reflect.StructField{}
+	t := reflect.TypeOf(Config{})
+	for i := range t.NumField() {
+		byField[t.Field(i).Name] = t.Field(i)
+	}
+	var list []error
+	var agg env.AggregateError
+	if errors.As(err, &agg) {
+		list = agg.Errors
+	} else {
+		list = []error{err}
+	}
+	var out []*valueError
+	for _, e := range list {
+		var pe env.ParseError
+		var f reflect.StructField
+		ok := errors.As(e, &pe)
+		if ok {
+			f, ok = byField[pe.Name]
+		}
+		if !ok {
+			out = append(out, &valueError{err: e})
+			continue
+		}
+		name := f.Tag.Get("env")
+		shown := name
+		if _, fromFlag := flags[name]; fromFlag {
+			shown = "--" + FlagName(name)
+		}
+		out = append(out, &valueError{name: name, shown: shown, value: values[name], kind: kindOf(f.Type)})
+	}
+	return out
 }
 
 // Validate checks what can be checked without a database or KMS. Every
 // message names the variable to fix.
-func (c *Config) Validate() error {
+func (c *Config) Validate() error { return c.validate(func(string) bool { return true }) }
+
+// validate reports the problems of the variables checked accepts.
+func (c *Config) validate(checked func(name string) bool) error {
 	var errs []error
-	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf(format, args...)) }
+	bad := func(name, format string, args ...any) {
+		if checked(name) {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
 	if c.Mode != "rekey" && c.Mode != "rewrap" {
-		bad("MODE %q: want rekey or rewrap", c.Mode)
+		bad("MODE", "MODE %q: want rekey or rewrap", c.Mode)
 	}
 	if c.BatchSize < 1 || c.BatchSize > 100_000 {
-		bad("BATCH_SIZE %d: want 1..100000", c.BatchSize)
+		bad("BATCH_SIZE", "BATCH_SIZE %d: want 1..100000", c.BatchSize)
 	}
 	for name, val := range map[string]string{"TABLE_SCHEMA": c.TableSchema, "TABLE": c.Table, "ID_COLUMN": c.IDColumn,
 		"TOKEN_COLUMN": c.TokenColumn, "AUDIT_TABLE": c.AuditTable, "AUDIT_ID_COLUMN": c.AuditIDColumn, "STATE_SCHEMA": c.StateSchema} {
 		if err := identifier(val); err != nil {
-			bad("%s: %v", name, err)
+			bad(name, "%s: %v", name, err)
 		}
 	}
 	if c.Namespace == "" || len(c.Namespace) > 1024 {
-		bad("NAMESPACE must be 1..1024 bytes")
+		bad("NAMESPACE", "NAMESPACE must be 1..1024 bytes")
 	}
 	if c.KMSRateLimit < 0 {
-		bad("KMS_RATE_LIMIT %v: want >= 0", c.KMSRateLimit)
+		bad("KMS_RATE_LIMIT", "KMS_RATE_LIMIT %v: want >= 0", c.KMSRateLimit)
 	}
 	if c.KMSConcurrency < 0 || c.KMSConcurrency > 1024 {
-		bad("KMS_CONCURRENCY %d: want 0..1024", c.KMSConcurrency)
+		bad("KMS_CONCURRENCY", "KMS_CONCURRENCY %d: want 0..1024", c.KMSConcurrency)
 	}
 	if c.ShardCount < 1 || c.ShardCount > 10_000 {
-		bad("SHARD_COUNT %d: want 1..10000", c.ShardCount)
+		bad("SHARD_COUNT", "SHARD_COUNT %d: want 1..10000", c.ShardCount)
 	}
 	if c.ShardIndex < 0 || c.ShardIndex >= c.ShardCount {
-		bad("SHARD_INDEX %d: want 0..SHARD_COUNT-1 (%d)", c.ShardIndex, c.ShardCount-1)
+		bad("SHARD_INDEX", "SHARD_INDEX %d: want 0..SHARD_COUNT-1 (%d)", c.ShardIndex, c.ShardCount-1)
 	}
 	if c.Ranges < 0 || c.Ranges > 100_000 {
-		bad("RANGES %d: want 0..100000", c.Ranges)
+		bad("RANGES", "RANGES %d: want 0..100000", c.Ranges)
 	}
 	if c.RangeWorkers < 1 || c.RangeWorkers > 64 {
-		bad("RANGE_WORKERS %d: want 1..64", c.RangeWorkers)
+		bad("RANGE_WORKERS", "RANGE_WORKERS %d: want 1..64", c.RangeWorkers)
 	}
 	if c.LeaseTTL < time.Second {
-		bad("LEASE_TTL %s: want at least 1s", c.LeaseTTL)
+		bad("LEASE_TTL", "LEASE_TTL %s: want at least 1s", c.LeaseTTL)
 	}
 	if c.PageTimeout < time.Second {
-		bad("PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
+		bad("PAGE_TIMEOUT", "PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
 	}
 	if c.LockTimeout < 10*time.Millisecond {
-		bad("LOCK_TIMEOUT %s: want at least 10ms", c.LockTimeout)
+		bad("LOCK_TIMEOUT", "LOCK_TIMEOUT %s: want at least 10ms", c.LockTimeout)
 	}
 	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
-		bad("STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
+		bad("STOP_GRACE", "STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
 	}
 	if c.MaxRowsPerSecond < 0 {
-		bad("MAX_ROWS_PER_SECOND %v: want >= 0", c.MaxRowsPerSecond)
+		bad("MAX_ROWS_PER_SECOND", "MAX_ROWS_PER_SECOND %v: want >= 0", c.MaxRowsPerSecond)
 	}
 	if c.MaxReplicaLag < 0 {
-		bad("MAX_REPLICA_LAG %s: want >= 0", c.MaxReplicaLag)
+		bad("MAX_REPLICA_LAG", "MAX_REPLICA_LAG %s: want >= 0", c.MaxReplicaLag)
 	}
 	for i, r := range c.Replicas() {
 		if u, err := url.Parse(r); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
-			bad("REPLICA_URLS entry %d is not a postgres:// URL (value not shown: it may hold a password)", i+1)
+			bad("REPLICA_URLS", "REPLICA_URLS entry %d is not a postgres:// URL (value not shown: it may hold a password)", i+1)
 		}
 	}
 	if c.PushgatewayURL != "" {
 		if u, err := url.Parse(c.PushgatewayURL); err != nil || u.Scheme == "" || u.Host == "" {
 			// Not echoed: a malformed URL is not reliably redacted.
-			bad("PUSHGATEWAY_URL is not an absolute URL like http://host:9091 (value not shown: it may hold a password)")
+			bad("PUSHGATEWAY_URL", "PUSHGATEWAY_URL is not an absolute URL like http://host:9091 (value not shown: it may hold a password)")
 		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:
-		bad("LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
+		bad("LOG_LEVEL", "LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "auto", "text", "json":
+	default:
+		bad("LOG_FORMAT", "LOG_FORMAT %q: want auto, text or json", c.LogFormat)
 	}
 	switch c.Progress {
 	case "auto", "on", "off":
 	default:
-		bad("PROGRESS %q: want auto, on or off", c.Progress)
+		bad("PROGRESS", "PROGRESS %q: want auto, on or off", c.Progress)
 	}
 	return errors.Join(errs...)
 }

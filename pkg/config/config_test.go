@@ -1,7 +1,7 @@
 package config
 
 import (
-	"bytes"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -9,7 +9,7 @@ import (
 
 func TestEnvThenFlags(t *testing.T) {
 	env := map[string]string{"BATCH_SIZE": "250", "MODE": "rewrap", "LEASE_TTL": "45s", "JOB_COMPLETION_INDEX": "3", "SHARD_COUNT": "5"}
-	cfg, rest, err := Load("t", []string{"--batch-size", "500", "extra"}, env, &bytes.Buffer{}, nil)
+	cfg, err := Load(env, map[string]string{"BATCH_SIZE": "500"}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,21 +25,55 @@ func TestEnvThenFlags(t *testing.T) {
 	if cfg.Table != "payment_methods" || cfg.TokenColumn != "encrypted_token" || cfg.Namespace != "payment_methods" {
 		t.Errorf("defaults not applied: %+v", cfg)
 	}
-	if len(rest) != 1 || rest[0] != "extra" {
-		t.Errorf("rest = %v", rest)
+}
+
+func TestVariablesMirrorTheFields(t *testing.T) {
+	byName := map[string]Variable{}
+	for _, v := range Variables() {
+		byName[v.Name] = v
+	}
+	for name, want := range map[string]Variable{
+		"BATCH_SIZE":   {Name: "BATCH_SIZE", Flag: "batch-size", Kind: "int", Default: "1000"},
+		"LEASE_TTL":    {Name: "LEASE_TTL", Flag: "lease-ttl", Kind: "duration", Default: "30s"},
+		"KMS_ADAPTIVE": {Name: "KMS_ADAPTIVE", Flag: "kms-adaptive", Kind: "bool", Default: "true"},
+		"DATABASE_URL": {Name: "DATABASE_URL", Flag: "database-url", Kind: "string", Secret: true},
+		"LOG_FORMAT":   {Name: "LOG_FORMAT", Flag: "log-format", Kind: "string", Default: "auto"},
+	} {
+		got := byName[name]
+		got.Help = ""
+		if got != want {
+			t.Errorf("%s: got %+v, want %+v", name, got, want)
+		}
+	}
+	if len(byName) != reflect.TypeOf(Config{}).NumField() {
+		t.Errorf("%d variables for %d fields", len(byName), reflect.TypeOf(Config{}).NumField())
 	}
 }
 
-func TestHelpListsEveryVariable(t *testing.T) {
-	var out bytes.Buffer
-	_, _, err := Load("reencrypt run", []string{"--help"}, map[string]string{}, &out, nil)
+// TestParseErrorsNameWhatTheUserWrote: caarlos0/env names the Go field
+// ("BatchSize"); Load names the variable, or the flag the value came from.
+func TestParseErrorsNameWhatTheUserWrote(t *testing.T) {
+	_, err := Load(map[string]string{"BATCH_SIZE": "abc", "LEASE_TTL": "30", "DATABASE_URL": "x"},
+		map[string]string{"KMS_ADAPTIVE": "yes", "PUSHGATEWAY_URL": "p"}, nil)
 	if err == nil {
-		t.Fatal("--help returned no error")
+		t.Fatal("accepted")
 	}
-	for _, want := range []string{"-batch-size", "$BATCH_SIZE", "(default 1000)", "$OLD_KEY_ID", "$KMS_RATE_LIMIT", "$DATABASE_URL"} {
-		if !strings.Contains(out.String(), want) {
-			t.Errorf("--help output lacks %q", want)
+	for _, want := range []string{`BATCH_SIZE: "abc" is not an integer`, `LEASE_TTL: "30" is not a duration`,
+		`--kms-adaptive: "yes" is not true or false`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error lacks %q:\n%v", want, err)
 		}
+	}
+	if strings.Contains(err.Error(), "BatchSize") || strings.Contains(err.Error(), "field") {
+		t.Errorf("error names the Go field:\n%v", err)
+	}
+	// A command that does not read a variable is not refused over it.
+	cfg, err := Load(map[string]string{"BATCH_SIZE": "abc", "STOP_GRACE": "1m", "TABLE": "cards"}, nil, []string{"DATABASE_URL", "TABLE"})
+	if err != nil {
+		t.Fatalf("variables outside the command's refused it: %v", err)
+	}
+	if cfg.Table != "cards" || cfg.BatchSize != 1000 {
+		t.Errorf("TABLE %q BatchSize %d, want cards and the default 1000 for the unread, unparsable BATCH_SIZE", cfg.Table, cfg.BatchSize)
 	}
 }
 
@@ -56,22 +90,22 @@ func TestValidationNamesTheVariable(t *testing.T) {
 	}
 	for name, env := range cases {
 		t.Run(name, func(t *testing.T) {
-			_, _, err := Load("t", nil, env, &bytes.Buffer{}, nil)
+			_, err := Load(env, nil, nil)
 			if err == nil || !strings.Contains(err.Error(), name) {
 				t.Fatalf("got %v, want an error naming %s", err, name)
 			}
 		})
 	}
-	if _, _, err := Load("t", nil, map[string]string{"BATCH_SIZE": "many"}, &bytes.Buffer{}, nil); err == nil {
+	if _, err := Load(map[string]string{"BATCH_SIZE": "many"}, nil, nil); err == nil {
 		t.Errorf("BATCH_SIZE=many accepted")
 	}
 }
 
 func TestRedactedHidesPasswords(t *testing.T) {
-	cfg, _, err := Load("t", nil, map[string]string{
+	cfg, err := Load(map[string]string{
 		"DATABASE_URL":    "postgres://app:hunter2@db:5432/payments",
 		"PUSHGATEWAY_URL": "https://push:s3cret@pushgw:9091",
-	}, &bytes.Buffer{}, nil)
+	}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,7 +101,7 @@ func FuzzIdentifiers(f *testing.F) {
 				bad = append(bad, n[0])
 			}
 		}
-		cfg, _, err := config.Load("reencrypt run", nil, environ, io.Discard, nil)
+		cfg, err := config.Load(environ, nil, nil)
 		if len(bad) > 0 {
 			named := err != nil
 			for _, v := range bad {
