@@ -65,7 +65,7 @@ func registerCommand(c command) { commands = append(commands, c) }
 // The variables the commands read, by what they touch. Every command
 // that logs reads LOG_LEVEL and LOG_FORMAT.
 var (
-	varsDB       = []string{"DATABASE_URL", "STATE_SCHEMA", "LOG_LEVEL", "LOG_FORMAT"}
+	varsDB       = []string{"DATABASE_URL", "DATABASE_IAM_AUTH", "STATE_SCHEMA", "LOG_LEVEL", "LOG_FORMAT"}
 	varsTable    = []string{"TABLE_SCHEMA", "TABLE", "ID_COLUMN", "TOKEN_COLUMN", "AUDIT_TABLE", "AUDIT_ID_COLUMN"}
 	varsKMS      = []string{"OLD_KEY_ID", "NEW_KEY_ID", "NAMESPACE", "KMS_RATE_LIMIT", "KMS_MAX_ATTEMPTS", "KMS_ADAPTIVE", "SHARD_COUNT"}
 	varsDataKeys = []string{"KMS_CONCURRENCY", "DEK_CACHE_SIZE", "DEK_CACHE_TTL"}

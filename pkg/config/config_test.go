@@ -144,7 +144,7 @@ func TestDatabaseIAMAuth(t *testing.T) {
 		if env != "" {
 			environ["DATABASE_IAM_AUTH"] = env
 		}
-		cfg, _, err := Load("t", nil, environ, &bytes.Buffer{}, nil)
+		cfg, err := Load(environ, nil, nil)
 		if err != nil {
 			t.Fatalf("DATABASE_IAM_AUTH=%q: %v", env, err)
 		}
@@ -152,7 +152,7 @@ func TestDatabaseIAMAuth(t *testing.T) {
 			t.Errorf("DATABASE_IAM_AUTH=%q: DatabaseIAMAuth = %v, want %v", env, cfg.DatabaseIAMAuth, want)
 		}
 	}
-	if _, _, err := Load("t", nil, map[string]string{"DATABASE_IAM_AUTH": "maybe"}, &bytes.Buffer{}, nil); err == nil {
+	if _, err := Load(map[string]string{"DATABASE_IAM_AUTH": "maybe"}, nil, nil); err == nil {
 		t.Error("DATABASE_IAM_AUTH=maybe accepted")
 	}
 }
