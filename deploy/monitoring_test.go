@@ -249,7 +249,7 @@ func selectors(qs []query) []selector {
 			}
 			s := selector{where: q.where, name: vs.Name}
 			for _, m := range vs.LabelMatchers {
-				if m.Name == labels.MetricName {
+				if m.Name == model.MetricNameLabel {
 					if m.Type == labels.MatchEqual {
 						s.name = m.Value
 					}

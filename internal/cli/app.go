@@ -53,12 +53,6 @@ type runFunc func(ctx context.Context, a *app, args []string) error
 
 var commands []command
 
-// register adds a command that has no flags and reads no variable.
-func register(name, summary string, run runFunc) {
-	registerCommand(command{path: []string{name}, summary: summary, vars: []string{},
-		setup: func(*pflag.FlagSet) runFunc { return run }})
-}
-
 // registerCommand adds a command.
 func registerCommand(c command) { commands = append(commands, c) }
 
