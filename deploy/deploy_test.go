@@ -17,7 +17,6 @@ import (
 	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	kjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -96,51 +95,17 @@ type manifests struct {
 }
 
 // decodeManifests decodes every document of a job.yaml strictly into the API
-// type its kind names; it refuses unknown kinds and duplicates.
+// type its kind names (decodeObjects, shared with the kustomize test); it
+// refuses kinds the single file does not hold, and duplicates.
 func decodeManifests(data []byte) (*manifests, error) {
-	m := &manifests{}
-	docs := splitDocuments(data)
-	if len(docs) == 0 {
-		return nil, errors.New("no YAML documents")
+	o, err := decodeObjects(data)
+	if err != nil {
+		return nil, err
 	}
-	for i, doc := range docs {
-		var tm metav1.TypeMeta
-		if err := yaml.Unmarshal(doc, &tm); err != nil {
-			return nil, fmt.Errorf("document %d: reading kind: %w", i, err)
-		}
-		var (
-			obj     any
-			wantAPI string
-		)
-		switch tm.Kind {
-		case "Job":
-			if m.job != nil {
-				return nil, fmt.Errorf("document %d: a second Job", i)
-			}
-			m.job, wantAPI = &batchv1.Job{}, "batch/v1"
-			obj = m.job
-		case "ServiceAccount":
-			if m.sa != nil {
-				return nil, fmt.Errorf("document %d: a second ServiceAccount", i)
-			}
-			m.sa, wantAPI = &corev1.ServiceAccount{}, "v1"
-			obj = m.sa
-		case "ConfigMap":
-			if m.cm != nil {
-				return nil, fmt.Errorf("document %d: a second ConfigMap", i)
-			}
-			m.cm, wantAPI = &corev1.ConfigMap{}, "v1"
-			obj = m.cm
-		default:
-			return nil, fmt.Errorf("document %d: unexpected kind %q (apiVersion %q)", i, tm.Kind, tm.APIVersion)
-		}
-		if tm.APIVersion != wantAPI {
-			return nil, fmt.Errorf("document %d (%s): apiVersion %q, want %q", i, tm.Kind, tm.APIVersion, wantAPI)
-		}
-		if err := strictYAML(doc, obj); err != nil {
-			return nil, fmt.Errorf("document %d (%s): %w", i, tm.Kind, err)
-		}
+	if o.np != nil || o.pm != nil || o.rule != nil {
+		return nil, errors.New("unexpected kind: job.yaml holds a Job, a ServiceAccount and a ConfigMap only")
 	}
+	m := &manifests{job: o.job, sa: o.sa, cm: o.cm}
 	switch {
 	case m.job == nil:
 		return nil, errors.New("no Job in the file")
