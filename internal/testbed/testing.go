@@ -66,6 +66,12 @@ func (l *lazy[T]) stop() error {
 // a test must close what it opens. Pass extra goleak options to ignore more.
 // Main then exits with the tests' code.
 func Main(m *testing.M, opts ...goleak.Option) {
+	os.Exit(Run(m, opts...))
+}
+
+// Run is Main without the exit: it returns the code, for a TestMain that
+// has more to clean up before it exits (os.Exit skips deferred calls).
+func Run(m *testing.M, opts ...goleak.Option) int {
 	code := m.Run()
 	if err := StopShared(); err != nil {
 		fmt.Fprintln(os.Stderr, "testbed: stopping shared servers:", err)
@@ -83,12 +89,12 @@ func Main(m *testing.M, opts ...goleak.Option) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // StopShared stops the servers started by SharedPostgres/Database, LocalKMS
-// and Moto. Main calls it; call it yourself in a TestMain that does not use
-// Main. (If it is never called, the servers still die with the test binary,
+// and Moto. Main and Run call it; call it yourself in a TestMain that uses
+// neither. (If it is never called, the servers still die with the test binary,
 // via their parent-death signal, but their temp dirs stay behind.)
 func StopShared() error {
 	return errors.Join(shared.pg.stop(), shared.kms.stop(), shared.moto.stop())
