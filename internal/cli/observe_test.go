@@ -180,9 +180,16 @@ func TestMetricsDuringRunAndPush(t *testing.T) {
 			first, _ = value(mfs, "reencrypt_rows_total", "outcome=rotated")
 		}
 	}
-	time.Sleep(700 * time.Millisecond)
-	body, mfs := scrape(t, addr)
-	second, _ := value(mfs, "reencrypt_rows_total", "outcome=rotated")
+	// Scrape again until the count moves: a wait on the condition, not a
+	// fixed pause that a loaded machine can outlast or the run outrun.
+	var body []byte
+	var mfs map[string]*dto.MetricFamily
+	second := first
+	for deadline := time.Now().Add(30 * time.Second); second == first && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond) // poll interval
+		body, mfs = scrape(t, addr)
+		second, _ = value(mfs, "reencrypt_rows_total", "outcome=rotated")
+	}
 	if second <= first || second >= 2000 {
 		t.Fatalf("rows rotated did not move during the run: first scrape %v, second %v (of 2000)", first, second)
 	}
