@@ -228,7 +228,16 @@ func TestPauseWithinOnePage(t *testing.T) {
 	// A pod reports paused when one of its range workers is held; the page
 	// the other had in flight may still commit. Then nothing may move.
 	stopped := settle(t, pages)
-	time.Sleep(time.Second)
+	// Still paused: a page asked for now is held, on both pods (each check
+	// waits 300 ms for BeforePage). Only then is the count compared again.
+	waitFor(t, 10*time.Second, "both pods hold the next page", func() bool {
+		for _, p := range pods {
+			if !held(p.pacer, 300*time.Millisecond) {
+				return false
+			}
+		}
+		return true
+	})
 	if still := pages(); still != stopped {
 		t.Fatalf("%d pages committed while paused", still-stopped)
 	}
