@@ -38,7 +38,19 @@ func TestPauseResumeThrottle(t *testing.T) {
 			last, since, atPause = n, time.Now(), n
 		}
 	}
-	time.Sleep(1500 * time.Millisecond)
+	// Then the pod, alive, reports itself paused for a further heartbeat
+	// period (its pacer polls every second) while the count stays put: a
+	// wait on the pod's own heartbeats, not a fixed pause.
+	since := e.Int(`SELECT (extract(epoch FROM now()) * 1000)::int8`)
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(50 * time.Millisecond) { // poll interval
+		if e.Int(`SELECT count(*) FROM reencrypt.pacers WHERE table_name = 'public.payment_methods' AND state = 'paused'
+			AND seen_at >= to_timestamp($1 / 1000.0) + interval '1 second'`, since) > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the paused pod sent no heartbeat within 30 s")
+		}
+	}
 	if n := rotated(t, e); n != atPause {
 		t.Errorf("%d rows rotated while paused", n-atPause)
 	}
