@@ -240,3 +240,32 @@ func motoMissing(requireMoto string) string {
 	}
 	return fmt.Sprintf("moto_server not found on PATH: skipping the moto half of the KMS tests (%s; %s=1 makes this a failure)", MotoInstallHint, EnvRequireMoto)
 }
+
+// PollInterval is how often WaitFor and Poll test their condition.
+const PollInterval = 20 * time.Millisecond
+
+// Poll tests cond every PollInterval until it holds (true) or timeout has
+// passed (false). It is the one place a test waits on a condition by
+// polling: a condition that another process or the database makes true
+// offers nothing to block on.
+func Poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(PollInterval)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
+}
+
+// WaitFor is Poll that fails the test, naming what it waited for, when
+// cond does not hold within timeout.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !Poll(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
+}

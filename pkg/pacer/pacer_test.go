@@ -56,15 +56,10 @@ func held(p *pacer.Pacer, d time.Duration) bool {
 	return errors.Is(p.BeforePage(ctx), context.DeadlineExceeded)
 }
 
-// waitFor polls cond for up to limit.
+// waitFor polls cond for up to limit (testbed.WaitFor).
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(limit); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbed.WaitFor(t, what, limit, cond)
 }
 
 // settle waits until count stops moving for half a second (a page in
@@ -74,15 +69,12 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 func settle(t *testing.T, count func() int64) int64 {
 	t.Helper()
 	last, since := count(), time.Now()
-	for deadline := time.Now().Add(30 * time.Second); time.Since(since) < 2*time.Second; {
-		if time.Now().After(deadline) {
-			t.Fatal("the count never stopped moving")
-		}
-		time.Sleep(20 * time.Millisecond)
+	testbed.WaitFor(t, "the count to stop moving", 30*time.Second, func() bool {
 		if n := count(); n != last {
 			last, since = n, time.Now()
 		}
-	}
+		return time.Since(since) >= 2*time.Second
+	})
 	return last
 }
 
