@@ -217,7 +217,8 @@ func TestBudgetStartsGently(t *testing.T) {
 // TestBudgetWindowBound drives the budget's token bucket on explicit times
 // (rate.Limiter.AllowN), 1 ms apart, taking every attempt it allows: no
 // one-second window, the span KMS quotas are measured on, holds more than
-// the rate, and the bucket is not much slower than it either.
+// the rate, and the bucket is not much slower than it either. (The rate
+// over a run, retries included, is TestBudgetBoundsRequestRate's.)
 func TestBudgetWindowBound(t *testing.T) {
 	for _, perSec := range []float64{10, 50, 200, 1000, 5000} {
 		t.Run(fmt.Sprint(perSec), func(t *testing.T) {
@@ -242,8 +243,10 @@ func TestBudgetWindowBound(t *testing.T) {
 			if float64(busiest) > perSec {
 				t.Errorf("busiest one-second window sent %d, rate is %.0f/s", busiest, perSec)
 			}
-			if mean := float64(len(sent)) / span.Seconds(); mean < perSec*0.9 {
-				t.Errorf("sent %.1f/s over %s, want at least 90%% of %.0f/s", mean, span, perSec)
+			// The bucket refills at the rate less two bursts (setRate): 8/s
+			// of 10/s, 4900/s of 5000/s.
+			if mean := float64(len(sent)) / span.Seconds(); mean < perSec*0.75 {
+				t.Errorf("sent %.1f/s over %s, want at least 75%% of %.0f/s", mean, span, perSec)
 			}
 		})
 	}
