@@ -48,6 +48,8 @@ func (o *opEnv) settleStats(table string, cond func(tupStats) bool) tupStats {
 		if time.Now().After(deadline) {
 			o.t.Fatalf("statistics of %s never settled (last %+v)", table, o.tupStats(table))
 		}
+		// Poll interval, kept at 100 ms rather than testbed.Poll's: each
+		// try closes the pool's connections to make their backends flush.
 		time.Sleep(100 * time.Millisecond)
 	}
 }

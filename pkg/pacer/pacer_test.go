@@ -122,7 +122,7 @@ func TestReplicaLagHoldsPages(t *testing.T) {
 	wg.Go(func() {
 		for writes.Err() == nil {
 			_, _ = db.Exec(writes, `INSERT INTO w DEFAULT VALUES`)
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the point: a steady stream of writes for the replica to fall behind on
 		}
 	})
 	waitFor(t, 20*time.Second, "pages held for replica lag", func() bool { return held(p, 300*time.Millisecond) })

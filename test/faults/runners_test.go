@@ -81,7 +81,8 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 			t.Fatalf("A holds no range to be paused with (%s)", a.statusNow())
 		}
 		a.kill(syscall.SIGCONT)
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the point: let A run until it claims a range, then stop it again
+
 	}
 	// Expire A's leases in the database instead of waiting out LEASE_TTL,
 	// then start B. If A was stopped inside a page transaction it holds the
@@ -112,7 +113,7 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 		if f := fencedMetric(a.scrape()); f > fenced {
 			fenced = f
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // scrape interval while A runs (the scrapes are what is measured)
 	}
 	a.wait(t, 3*time.Minute)
 	b.wait(t, 3*time.Minute)
