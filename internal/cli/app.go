@@ -429,6 +429,12 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
 	}
+	if a.reg != nil {
+		if err := metrics.RegisterPool(a.reg, pool); err != nil {
+			pool.Close()
+			return nil, fmt.Errorf("register pool metrics: %w", err)
+		}
+	}
 	a.pool = pool
 	return pool, nil
 }

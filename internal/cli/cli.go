@@ -8,6 +8,7 @@ import (
 	"context"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
@@ -33,11 +34,8 @@ func Main(o Options) int {
 func environ() map[string]string {
 	m := map[string]string{}
 	for _, kv := range os.Environ() {
-		for i := 0; i < len(kv); i++ {
-			if kv[i] == '=' {
-				m[kv[:i]] = kv[i+1:]
-				break
-			}
+		if name, value, ok := strings.Cut(kv, "="); ok {
+			m[name] = value
 		}
 	}
 	return m

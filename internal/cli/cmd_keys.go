@@ -152,7 +152,7 @@ func keysBegin(ctx context.Context, a *app, reg *registry.Registry) error {
 		return err
 	}
 	if changed {
-		a.log.Info("rotation begun in the key registry", "old_key_arn", old.ARN, "new_key_arn", nk.ARN, "registry", reg.Qualified())
+		a.log.InfoContext(ctx, "rotation begun in the key registry", "old_key_arn", old.ARN, "new_key_arn", nk.ARN, "registry", reg.Qualified())
 		fmt.Fprintf(a.stdout, "rotation begun: %s is rotating, %s is active\n\n", old.ARN, nk.ARN)
 	} else {
 		fmt.Fprintf(a.stdout, "already begun: %s is rotating, %s is active (nothing changed)\n\n", old.ARN, nk.ARN)
@@ -195,7 +195,7 @@ func keysRetire(ctx context.Context, a *app, reg *registry.Registry, ref string)
 		fmt.Fprintf(a.stdout, "%s was already retired (at %s)\n\n", arn, shortTime(k.RetiredAt))
 		return nil
 	}
-	a.log.Info("key retired in the key registry", "key_arn", arn, "registry", reg.Qualified())
+	a.log.InfoContext(ctx, "key retired in the key registry", "key_arn", arn, "registry", reg.Qualified())
 	fmt.Fprintf(a.stdout, "retired %s: no row of the tables above is under it\n\n", arn)
 	return nil
 }
@@ -242,7 +242,7 @@ func keysScheduleDeletion(ctx context.Context, a *app, reg *registry.Registry, r
 		fmt.Fprintf(a.stdout, "%s was already pending deletion in KMS (deletes %s); recorded\n\n", arn, when)
 		return nil
 	}
-	a.log.Info("KMS key deletion scheduled", "key_arn", arn, "pending_days", days, "deletion_date", when)
+	a.log.InfoContext(ctx, "KMS key deletion scheduled", "key_arn", arn, "pending_days", days, "deletion_date", when)
 	fmt.Fprintf(a.stdout, "KMS deletes %s on %s (in %d days).\nUntil then it can be undone: aws kms cancel-key-deletion --key-id %s\n\n", arn, when, days, arn)
 	return nil
 }

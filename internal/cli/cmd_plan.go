@@ -147,7 +147,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)
 	}
 	t := checked.Table
-	a.log.Info("plan: preflight passed, counting rows", "table", t.Qualified(),
+	a.log.InfoContext(ctx, "plan: preflight passed, counting rows", "table", t.Qualified(),
 		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN)
 
 	start := time.Now()
@@ -156,7 +156,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		func(c census.Census) {
 			if time.Since(lastLog) >= progressEvery {
 				lastLog = time.Now()
-				a.log.Info("plan: counting", "rows", c.Rows, "seconds", int(time.Since(start).Seconds()))
+				a.log.InfoContext(ctx, "plan: counting", "rows", c.Rows, "seconds", int(time.Since(start).Seconds()))
 			}
 		})
 	if err != nil {
@@ -234,7 +234,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.Warnings = append(r.Warnings, fmt.Sprintf("wrapped keys are shared across pages and outnumber DEK_CACHE_SIZE (%d): Decrypts may reach %s",
 			cfg.DEKCacheSize, num(c.Focus.PerPageDistinct)))
 	}
-	a.log.Info("plan done", "rows", r.Rows.Total, "under_old", r.Rows.UnderOld, "under_new", r.Rows.UnderNew,
+	a.log.InfoContext(ctx, "plan done", "rows", r.Rows.Total, "under_old", r.Rows.UnderOld, "under_new", r.Rows.UnderNew,
 		"kms_calls", r.KMSCalls.Total, "job_seconds", int(r.Estimate.JobSeconds))
 	if asJSON {
 		if err := writeJSON(a.stdout, r); err != nil {

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"maps"
 	"math"
 	"strings"
 	"testing"
@@ -9,6 +10,10 @@ import (
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/kms"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/census"
+	"github.com/reencrypt/reencrypt/pkg/config"
 )
 
 // tupStats are Postgres's cumulative write counters of one table.
@@ -43,6 +48,8 @@ func (o *opEnv) settleStats(table string, cond func(tupStats) bool) tupStats {
 		if time.Now().After(deadline) {
 			o.t.Fatalf("statistics of %s never settled (last %+v)", table, o.tupStats(table))
 		}
+		// Poll interval, kept at 100 ms rather than testbed.Poll's: each
+		// try closes the pool's connections to make their backends flush.
 		time.Sleep(100 * time.Millisecond)
 	}
 }
@@ -87,8 +94,12 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 		t.Errorf("wrapped keys under OLD: got %+v, want 100 exact", p.WrappedKeys)
 	}
 	// One page of 1000 holds every row under OLD, and the run cuts its
-	// ranges in whole pages (here one range): 1 GenerateDataKey.
-	want := kmsCallPlan{Decrypt: 100, GenerateDataKey: 1, PreflightPerPod: 7, Total: 108}
+	// ranges in whole pages (here one range): 1 GenerateDataKey; 100
+	// Decrypt, one per distinct wrapped key; the preflight's 7 (108 in all).
+	// The arithmetic is the command's own, on what was seeded.
+	want := o.planApp().kmsCalls(batch.Rekey,
+		&census.WrappedKeys{Rows: 400, Distinct: 100, PagesWithRows: 1, PerPageDistinct: 100},
+		batch.RangePlan{Ranges: 1, WholePages: true})
 	if p.KMSCalls != want {
 		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
 	}
@@ -159,6 +170,22 @@ func TestPlanCountsAndWritesNothing(t *testing.T) {
 	}
 }
 
+// planApp is the configuration a command of this environment would load,
+// with extra variables, for computing what plan computes.
+func (o *opEnv) planApp(extra ...string) *app {
+	o.t.Helper()
+	vars := maps.Clone(o.vars)
+	for _, kv := range extra {
+		k, v, _ := strings.Cut(kv, "=")
+		vars[k] = v
+	}
+	cfg, err := config.Load(vars, nil, nil)
+	if err != nil {
+		o.t.Fatalf("load config: %v", err)
+	}
+	return &app{cfg: cfg}
+}
+
 // contentSum is a checksum of every id and token of payment_methods.
 func (o *opEnv) contentSum() string {
 	o.t.Helper()
@@ -199,13 +226,18 @@ func TestPlanRewrap(t *testing.T) {
 	o := newOpEnv(t, "bigint")
 	o.Seed(500, o.Old, 10) // ids 1..500, each ten consecutive rows share a wrapped key
 	o.proxy.ResetCounts()
-	r := o.cmd([]string{"plan", "--json"}, "MODE=rewrap", "BATCH_SIZE=100", "SHARD_COUNT=5", "KMS_RATE_LIMIT=100")
+	env := []string{"MODE=rewrap", "BATCH_SIZE=100", "SHARD_COUNT=5", "KMS_RATE_LIMIT=100"}
+	r := o.cmd([]string{"plan", "--json"}, env...)
 	o.mustCode(r, exitOK)
 	p := opDecode[planReport](t, r)
 	if p.IDType != "bigint" || p.Rows.UnderOld != 500 || p.WrappedKeys.Distinct != 50 {
 		t.Errorf("got id type %s, %d rows under OLD, %d wrapped keys; want bigint, 500, 50", p.IDType, p.Rows.UnderOld, p.WrappedKeys.Distinct)
 	}
-	want := kmsCallPlan{ReEncrypt: 50, PreflightPerPod: 5, Total: 50 + 5*5}
+	// One ReEncrypt per distinct wrapped key of each page (5 pages of 10
+	// keys), the preflight's 5 on each of the 5 pods: 75.
+	want := o.planApp(env...).kmsCalls(batch.Rewrap,
+		&census.WrappedKeys{Rows: 500, Distinct: 50, PagesWithRows: 5, PerPageDistinct: 50},
+		batch.RangePlan{Ranges: p.Ranges, WholePages: true})
 	if p.KMSCalls != want {
 		t.Errorf("kms calls: got %+v, want %+v", p.KMSCalls, want)
 	}

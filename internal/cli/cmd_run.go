@@ -22,7 +22,7 @@ func init() {
 
 func cmdRun(ctx context.Context, a *app, _ []string) error {
 	cfg := a.cfg
-	a.log.Info("reencrypt run starting", "build", buildinfo.Get(), "config", cfg.Redacted(), "owner", a.owner())
+	a.log.InfoContext(ctx, "reencrypt run starting", "build", buildinfo.Get(), "config", cfg.Redacted(), "owner", a.owner())
 	db, err := a.db(ctx)
 	if err != nil {
 		return err
@@ -39,7 +39,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	if workers == 0 {
 		workers = a.budget.Concurrency(checked.KMSLatency, 4, 64)
 	}
-	a.log.Info("preflight passed",
+	a.log.InfoContext(ctx, "preflight passed",
 		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN, "id_type", checked.Table.IDType,
 		"kms_latency_ms", float64(checked.KMSLatency.Microseconds())/1000,
 		"kms_budget_per_s", a.budget.Ceiling(), "kms_workers", workers,
@@ -96,7 +96,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	if sum.Duration > 0 {
 		rate = float64(p.Rows()) / sum.Duration.Seconds()
 	}
-	a.log.Info("reencrypt run finished",
+	a.log.InfoContext(ctx, "reencrypt run finished",
 		"run_id", sum.RunID, "pass", sum.Pass, "rotated", p.Rotated, "skipped", p.Skipped,
 		"other_key", p.OtherKey, "quarantined", p.Quarantined, "conflicted", p.Conflicted,
 		"pages", sum.Pages, "seconds", sum.Duration.Round(time.Millisecond).Seconds(), "rows_per_s", int(rate),
@@ -125,7 +125,7 @@ func (a *app) recountOld(ctx context.Context, db census.Querier, checked *batch.
 	if err != nil {
 		return tempErr(fmt.Errorf("recount the rows under the old key after the pass: %w", err))
 	}
-	a.log.Info("recount after the pass", "rows_under_old", n, "seconds", time.Since(start).Round(time.Millisecond).Seconds())
+	a.log.InfoContext(ctx, "recount after the pass", "rows_under_old", n, "seconds", time.Since(start).Round(time.Millisecond).Seconds())
 	if n > 0 {
 		return tempErr(fmt.Errorf("the pass is done but %d rows under the old key were found by a full recount: "+
 			"the live API wrote them behind the cursor; rerun (and make sure the API writes under NEW)", n))

@@ -265,7 +265,7 @@ func scanUnderOld(ctx context.Context, a *app, t *batch.Table, runs []checkpoint
 		}
 		if time.Since(lastLog) >= progressEvery {
 			lastLog = time.Now()
-			a.log.Info("status: counting rows by key", "rows", counter.Census().Rows, "seconds", int(time.Since(start).Seconds()))
+			a.log.InfoContext(ctx, "status: counting rows by key", "rows", counter.Census().Rows, "seconds", int(time.Since(start).Seconds()))
 		}
 		return nil
 	})

@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"testing"
 
-	"go.uber.org/goleak"
-
 	"github.com/reencrypt/reencrypt/internal/testbed"
 )
 
@@ -16,10 +14,9 @@ import (
 // that run it as a separate process (kill -9, SIGTERM, exit codes).
 var reencryptBin string
 
-// TestMain builds the binary, runs the tests, removes the binary, and then
-// does what testbed.Main does: stop the shared Postgres and KMS emulators
-// and, if the tests passed, fail on leaked goroutines. (testbed.Main ends in
-// os.Exit, so the binary's directory could not be removed after it.)
+// TestMain builds the binary, runs the tests through testbed.Run (which
+// stops the shared servers and checks for leaked goroutines), removes the
+// binary, and exits with the tests' code.
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "reencrypt-cmd-test-")
 	if err != nil {
@@ -34,23 +31,7 @@ func TestMain(m *testing.M) {
 		os.RemoveAll(dir)
 		os.Exit(1)
 	}
-	code := m.Run()
+	code := testbed.Run(m)
 	os.RemoveAll(dir)
-	if err := testbed.StopShared(); err != nil {
-		fmt.Fprintln(os.Stderr, "testbed: stopping shared servers:", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	if code == 0 {
-		// The same options as testbed.Main.
-		if err := goleak.Find(
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).readLoop"),
-			goleak.IgnoreAnyFunction("net/http.(*persistConn).writeLoop"),
-		); err != nil {
-			fmt.Fprintln(os.Stderr, "testbed: goroutine leak after all tests passed:", err)
-			code = 1
-		}
-	}
 	os.Exit(code)
 }

@@ -55,10 +55,10 @@ func (a *app) serveMetrics(ctx context.Context) (stop func(), err error) {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			a.log.Warn("metrics server stopped", "err", err)
+			a.log.WarnContext(ctx, "metrics server stopped", "err", err)
 		}
 	}()
-	a.log.Info("serving metrics", "addr", ln.Addr().String())
+	a.log.InfoContext(ctx, "serving metrics", "addr", ln.Addr().String())
 	return func() {
 		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
@@ -268,7 +268,7 @@ func (p *progress) update(ctx context.Context) {
 	defer cancel()
 	run, st, ok, err := p.store.CurrentPass(ctx, p.runID)
 	if err != nil {
-		p.a.log.Debug("progress: read pass status", "err", err)
+		p.a.log.DebugContext(ctx, "progress: read pass status", "err", err)
 		return // a transient read error: next tick
 	}
 	if !ok {

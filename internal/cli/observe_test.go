@@ -169,20 +169,23 @@ func TestMetricsDuringRunAndPush(t *testing.T) {
 	addr := waitLog(t, stderr, "serving metrics", done)["addr"].(string)
 
 	var first float64
-	deadline := time.Now().Add(30 * time.Second)
-	for first == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("reencrypt_rows_total{outcome=rotated} stayed at 0 for 30s")
-		}
-		time.Sleep(50 * time.Millisecond)
+	testbed.WaitFor(t, "reencrypt_rows_total{outcome=rotated} above 0", 30*time.Second, func() bool {
 		_, mfs := scrape(t, addr)
 		if _, ok := value(mfs, "reencrypt_ranges", "state=done"); ok { // the reporter has read the pass
 			first, _ = value(mfs, "reencrypt_rows_total", "outcome=rotated")
 		}
-	}
-	time.Sleep(700 * time.Millisecond)
-	body, mfs := scrape(t, addr)
-	second, _ := value(mfs, "reencrypt_rows_total", "outcome=rotated")
+		return first != 0
+	})
+	// Scrape again until the count moves: a wait on the condition, not a
+	// fixed pause that a loaded machine can outlast or the run outrun.
+	var body []byte
+	var mfs map[string]*dto.MetricFamily
+	var second float64
+	testbed.Poll(30*time.Second, func() bool {
+		body, mfs = scrape(t, addr)
+		second, _ = value(mfs, "reencrypt_rows_total", "outcome=rotated")
+		return second != first
+	})
 	if second <= first || second >= 2000 {
 		t.Fatalf("rows rotated did not move during the run: first scrape %v, second %v (of 2000)", first, second)
 	}

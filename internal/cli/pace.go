@@ -72,7 +72,7 @@ func steer(ctx context.Context, a *app, event string, wait time.Duration, change
 	if err != nil {
 		return err
 	}
-	a.log.Info("controls changed", "table", a.scope(), "event", event, "paused", c.Paused,
+	a.log.InfoContext(ctx, "controls changed", "table", a.scope(), "event", event, "paused", c.Paused,
 		"kms_rate", c.KMSRate, "rows_rate", c.RowsRate, "by", c.UpdatedBy)
 	fmt.Fprintf(a.stdout, "%s: %s by %s at %s\n", a.scope(), describeControls(c), c.UpdatedBy, shortTime(c.UpdatedAt))
 	pods, err := store.Pacers(ctx, a.scope(), 5*time.Second)

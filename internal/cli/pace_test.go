@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 )
 
 // TestPauseResumeThrottle: an operator steers a running Job from another
@@ -19,9 +20,7 @@ func TestPauseResumeThrottle(t *testing.T) {
 	ids := e.Seed(rows, e.Old, 1)
 	env := cliEnv(e, "BATCH_SIZE=50", "KMS_CONCURRENCY=4", "KMS_RATE_LIMIT=300", "LEASE_TTL=10s", "STOP_GRACE=2s")
 	p := startCLI(t, env, "run")
-	for deadline := time.Now().Add(time.Minute); rotated(t, e) < 300 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbed.Poll(time.Minute, func() bool { return rotated(t, e) >= 300 })
 
 	op, code := runCLI(t, env, time.Minute, "pause", "--reason", "incident 42")
 	if code != exitOK {
@@ -33,12 +32,21 @@ func TestPauseResumeThrottle(t *testing.T) {
 	// The pod reports paused when one range worker is held; a page another
 	// had in flight may still commit. Then nothing may move.
 	atPause := rotated(t, e)
-	for last, since := atPause, time.Now(); time.Since(since) < 500*time.Millisecond; time.Sleep(20 * time.Millisecond) {
-		if n := rotated(t, e); n != last {
-			last, since, atPause = n, time.Now(), n
+	since := time.Now()
+	testbed.WaitFor(t, "the count to stop moving", time.Minute, func() bool {
+		if n := rotated(t, e); n != atPause {
+			since, atPause = time.Now(), n
 		}
-	}
-	time.Sleep(1500 * time.Millisecond)
+		return time.Since(since) >= 500*time.Millisecond
+	})
+	// Then the pod, alive, reports itself paused for a further heartbeat
+	// period (its pacer polls every second) while the count stays put: a
+	// wait on the pod's own heartbeats, not a fixed pause.
+	settled := e.Int(`SELECT (extract(epoch FROM now()) * 1000)::int8`)
+	testbed.WaitFor(t, "a paused heartbeat a second after the count settled", 30*time.Second, func() bool {
+		return e.Int(`SELECT count(*) FROM reencrypt.pacers WHERE table_name = 'public.payment_methods' AND state = 'paused'
+			AND seen_at >= to_timestamp($1 / 1000.0) + interval '1 second'`, settled) > 0
+	})
 	if n := rotated(t, e); n != atPause {
 		t.Errorf("%d rows rotated while paused", n-atPause)
 	}

@@ -172,9 +172,7 @@ func TestCrashKill9(t *testing.T) {
 			// Every other kill lands while pages are being rotated: after
 			// this process's first commit, not in its start-up (which, on a
 			// busy machine, can take most of 1.5 s).
-			for deadline := time.Now().Add(time.Minute); rotated(t, e) == before && time.Now().Before(deadline); {
-				time.Sleep(10 * time.Millisecond)
-			}
+			testbed.Poll(time.Minute, func() bool { return rotated(t, e) != before })
 			d = rand.N(700 * time.Millisecond)
 		}
 		select {
@@ -233,17 +231,15 @@ func TestSigterm(t *testing.T) {
 		"LEASE_TTL="+lease.String(), "STOP_GRACE="+grace.String())
 
 	p := startCLI(t, env, "run")
-	deadline := time.Now().Add(time.Minute)
-	for rotated(t, e) < 1000 {
+	if !testbed.Poll(time.Minute, func() bool {
 		select {
 		case <-p.done:
 			t.Fatalf("run ended (exit %d) before it could be signalled; stderr:\n%s", p.code, tail(p.stderr.String()))
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no progress within a minute; stderr:\n%s", tail(p.stderr.String()))
-		}
-		time.Sleep(20 * time.Millisecond)
+		return rotated(t, e) >= 1000
+	}) {
+		t.Fatalf("no progress within a minute; stderr:\n%s", tail(p.stderr.String()))
 	}
 	sent := time.Now()
 	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -417,9 +413,7 @@ func TestUpgradeResumesRelease1Run(t *testing.T) {
 	env := cliEnv(e, "BATCH_SIZE=100", "KMS_CONCURRENCY=4", "KMS_RATE_LIMIT=1000")
 
 	p := startCLI(t, env, "run")
-	for deadline := time.Now().Add(time.Minute); rotated(t, e) < rows/4 && time.Now().Before(deadline); {
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbed.Poll(time.Minute, func() bool { return rotated(t, e) >= rows/4 })
 	_ = p.cmd.Process.Signal(syscall.SIGKILL)
 	<-p.done
 	done := rotated(t, e)

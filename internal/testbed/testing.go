@@ -66,6 +66,12 @@ func (l *lazy[T]) stop() error {
 // a test must close what it opens. Pass extra goleak options to ignore more.
 // Main then exits with the tests' code.
 func Main(m *testing.M, opts ...goleak.Option) {
+	os.Exit(Run(m, opts...))
+}
+
+// Run is Main without the exit: it returns the code, for a TestMain that
+// has more to clean up before it exits (os.Exit skips deferred calls).
+func Run(m *testing.M, opts ...goleak.Option) int {
 	code := m.Run()
 	if err := StopShared(); err != nil {
 		fmt.Fprintln(os.Stderr, "testbed: stopping shared servers:", err)
@@ -83,12 +89,12 @@ func Main(m *testing.M, opts ...goleak.Option) {
 			code = 1
 		}
 	}
-	os.Exit(code)
+	return code
 }
 
 // StopShared stops the servers started by SharedPostgres/Database, LocalKMS
-// and Moto. Main calls it; call it yourself in a TestMain that does not use
-// Main. (If it is never called, the servers still die with the test binary,
+// and Moto. Main and Run call it; call it yourself in a TestMain that uses
+// neither. (If it is never called, the servers still die with the test binary,
 // via their parent-death signal, but their temp dirs stay behind.)
 func StopShared() error {
 	return errors.Join(shared.pg.stop(), shared.kms.stop(), shared.moto.stop())
@@ -233,4 +239,33 @@ func motoMissing(requireMoto string) string {
 		return fmt.Sprintf("moto_server not found on PATH and %s=1; %s", EnvRequireMoto, MotoInstallHint)
 	}
 	return fmt.Sprintf("moto_server not found on PATH: skipping the moto half of the KMS tests (%s; %s=1 makes this a failure)", MotoInstallHint, EnvRequireMoto)
+}
+
+// PollInterval is how often WaitFor and Poll test their condition.
+const PollInterval = 20 * time.Millisecond
+
+// Poll tests cond every PollInterval until it holds (true) or timeout has
+// passed (false). It is the one place a test waits on a condition by
+// polling: a condition that another process or the database makes true
+// offers nothing to block on.
+func Poll(timeout time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(timeout)
+	tick := time.NewTicker(PollInterval)
+	defer tick.Stop()
+	for !cond() {
+		if time.Now().After(deadline) {
+			return false
+		}
+		<-tick.C
+	}
+	return true
+}
+
+// WaitFor is Poll that fails the test, naming what it waited for, when
+// cond does not hold within timeout.
+func WaitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	if !Poll(timeout, cond) {
+		t.Fatalf("timed out after %s waiting for %s", timeout, what)
+	}
 }

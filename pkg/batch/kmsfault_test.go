@@ -13,6 +13,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/internal/kmsfault"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
@@ -89,13 +90,7 @@ func TestKeyDeniedMidRun(t *testing.T) {
 		sum, err := rotate(t, e, runOpts{mode: batch.Rekey, batch: 100, api: api, db: db})
 		done <- result{sum, err}
 	}()
-	deadline := time.Now().Add(time.Minute)
-	for e.AuditTotal() < 400 {
-		if time.Now().After(deadline) {
-			t.Fatal("no progress within a minute")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testbed.WaitFor(t, "400 rows audited", time.Minute, func() bool { return e.AuditTotal() >= 400 })
 	proxy.Set(kmsfault.Faults{Deny: []string{e.Old.ARN}})
 	var r result
 	select {

@@ -10,6 +10,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
 )
@@ -64,25 +65,23 @@ func TestSwapLocksInIDOrder(t *testing.T) {
 		_, err := swapper.Exec(ctx, batch.SwapSQL(tbl), page, olds, olds, []byte(`{}`))
 		done <- err
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	if !testbed.Poll(30*time.Second, func() bool {
 		var waiting bool
 		if err := e.DB.QueryRow(ctx, `SELECT coalesce((SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1), false)`,
 			pid).Scan(&waiting); err != nil {
 			t.Fatal(err)
 		}
 		if waiting {
-			break
+			return true
 		}
 		select {
 		case err := <-done:
 			t.Fatalf("the swap finished (%v) although a row of its page is locked", err)
 		default:
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("the swap never waited for the locked row")
-		}
-		time.Sleep(20 * time.Millisecond)
+		return false
+	}) {
+		t.Fatal("the swap never waited for the locked row")
 	}
 	var free []string
 	err = pgx.BeginFunc(ctx, e.DB, func(tx pgx.Tx) error {
@@ -127,12 +126,8 @@ func TestLockTimeoutRetriesPage(t *testing.T) {
 		_, err := rotate(t, e, runOpts{batch: 100, ranges: 1, lockTimeout: 200 * time.Millisecond, metrics: m, db: db})
 		done <- err
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for counter(t, m.PageFailures) < 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("no page gave up on the locked row within 30s: the page waits for the lock with its own locks held")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !testbed.Poll(30*time.Second, func() bool { return counter(t, m.PageFailures) >= 1 }) {
+		t.Fatal("no page gave up on the locked row within 30s: the page waits for the lock with its own locks held")
 	}
 	_ = api.Rollback(ctx)
 	if err := <-done; err != nil {

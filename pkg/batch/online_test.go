@@ -95,7 +95,7 @@ func (w *liveWriter) run(ctx context.Context, own []string, writer int) error {
 		if err != nil {
 			return err
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(time.Millisecond) // the point: the live API's write pace, about 1,000 writes/s per writer at most
 	}
 	return nil
 }

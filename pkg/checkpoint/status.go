@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -61,15 +60,15 @@ type Quarantined struct {
 	Class string // a short error class, never token or key bytes
 }
 
-// Execer runs a statement; pgx.Tx and *pgxpool.Pool fit.
+// Execer runs a statement; pgx.Tx and *pgxpool.Pool fit. (A statement
+// that returns rows takes a Querier.)
 type Execer interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
-	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 }
 
 // Quarantine records rows in tx and returns the ids seen for the first time
 // in this run, so the caller audits each bad row once however often it reruns.
-func (s *Store) Quarantine(ctx context.Context, tx Execer, run Run, rows []Quarantined) ([]string, error) {
+func (s *Store) Quarantine(ctx context.Context, tx Querier, run Run, rows []Quarantined) ([]string, error) {
 	if len(rows) == 0 {
 		return nil, nil
 	}

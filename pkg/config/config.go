@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/caarlos0/env/v11"
 )
@@ -358,13 +359,11 @@ func identifier(s string) error {
 		return fmt.Errorf("name of %d bytes: Postgres truncates names above 63", len(s))
 	case strings.ContainsRune(s, 0):
 		return errors.New("name contains a NUL byte")
-	case !utf8Valid(s):
+	case !utf8.ValidString(s):
 		return errors.New("name is not valid UTF-8")
 	}
 	return nil
 }
-
-func utf8Valid(s string) bool { return strings.ToValidUTF8(s, "\uFFFD") == s }
 
 // Ranges is the number of ranges to plan: RANGES, or 16 per shard, at least 64.
 func (c *Config) RangeCount() int {

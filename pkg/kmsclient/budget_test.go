@@ -1,6 +1,7 @@
 package kmsclient
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"testing"
@@ -210,5 +211,43 @@ func TestBudgetStartsGently(t *testing.T) {
 	}
 	if full > 4*time.Second {
 		t.Errorf("with no throttling the budget took %s to reach its ceiling, want at most 4 s", full)
+	}
+}
+
+// TestBudgetWindowBound drives the budget's token bucket on explicit times
+// (rate.Limiter.AllowN), 1 ms apart, taking every attempt it allows: no
+// one-second window, the span KMS quotas are measured on, holds more than
+// the rate, and the bucket is not much slower than it either. (The rate
+// over a run, retries included, is TestBudgetBoundsRequestRate's.)
+func TestBudgetWindowBound(t *testing.T) {
+	for _, perSec := range []float64{10, 50, 200, 1000, 5000} {
+		t.Run(fmt.Sprint(perSec), func(t *testing.T) {
+			b := NewBudget(perSec, 1).Fixed()
+			b.setRate(perSec)
+			// Past anything the limiter saw at setRate: the bucket starts full.
+			start := time.Now().Add(time.Hour)
+			const span = 10 * time.Second
+			var sent []time.Duration // offsets from start
+			for at := time.Duration(0); at < span; at += time.Millisecond {
+				for b.limiter.AllowN(start.Add(at), 1) {
+					sent = append(sent, at)
+				}
+			}
+			busiest := 0
+			for i, lo := 0, 0; i < len(sent); i++ {
+				for sent[i]-sent[lo] >= time.Second {
+					lo++
+				}
+				busiest = max(busiest, i-lo+1)
+			}
+			if float64(busiest) > perSec {
+				t.Errorf("busiest one-second window sent %d, rate is %.0f/s", busiest, perSec)
+			}
+			// The bucket refills at the rate less two bursts (setRate): 8/s
+			// of 10/s, 4900/s of 5000/s.
+			if mean := float64(len(sent)) / span.Seconds(); mean < perSec*0.75 {
+				t.Errorf("sent %.1f/s over %s, want at least 75%% of %.0f/s", mean, span, perSec)
+			}
+		})
 	}
 }

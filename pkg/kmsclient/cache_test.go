@@ -5,6 +5,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/reencrypt/reencrypt/internal/testbed"
 )
 
 func TestCacheBoundsAndClears(t *testing.T) {
@@ -66,10 +68,7 @@ func TestCacheSweeperEvictsExpired(t *testing.T) {
 	defer c.Purge()
 	c.put("arn", []byte("w1"), DataKey(bytes.Repeat([]byte{7}, 32)))
 	held := c.order.Front().Value.(*cacheEntry).dek
-	deadline := time.Now().Add(5 * time.Second)
-	for c.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling the condition itself
-	}
+	testbed.Poll(5*time.Second, func() bool { return c.Len() == 0 })
 	if n := c.Len(); n != 0 {
 		t.Fatalf("Len = %d 5s after a 50ms TTL, want 0: expired keys stay in memory", n)
 	}

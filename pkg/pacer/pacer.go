@@ -98,10 +98,10 @@ func (p *Pacer) Run(ctx context.Context) {
 	}()
 	for {
 		if err := p.heartbeat(ctx); err != nil && ctx.Err() == nil {
-			p.log.Warn("pacer heartbeat failed; keeping the last pace", "err", err)
+			p.log.WarnContext(ctx, "pacer heartbeat failed; keeping the last pace", "err", err)
 		}
 		if err := p.checkLag(ctx); err != nil && ctx.Err() == nil {
-			p.log.Warn("replica lag check failed; keeping the last reading", "err", err)
+			p.log.WarnContext(ctx, "replica lag check failed; keeping the last reading", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -209,7 +209,7 @@ func (p *Pacer) BeforePage(ctx context.Context) error {
 		c, err := p.store.Controls(ctx, p.cfg.Table)
 		if err != nil && ctx.Err() == nil {
 			if first {
-				p.log.Warn("read controls; keeping the last ones", "err", err)
+				p.log.WarnContext(ctx, "read controls; keeping the last ones", "err", err)
 			}
 		} else if err == nil {
 			p.mu.Lock()

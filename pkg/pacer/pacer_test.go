@@ -56,15 +56,10 @@ func held(p *pacer.Pacer, d time.Duration) bool {
 	return errors.Is(p.BeforePage(ctx), context.DeadlineExceeded)
 }
 
-// waitFor polls cond for up to limit.
+// waitFor polls cond for up to limit (testbed.WaitFor).
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(limit); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %s", what, limit)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbed.WaitFor(t, what, limit, cond)
 }
 
 // settle waits until count stops moving for half a second (a page in
@@ -74,15 +69,12 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 func settle(t *testing.T, count func() int64) int64 {
 	t.Helper()
 	last, since := count(), time.Now()
-	for deadline := time.Now().Add(30 * time.Second); time.Since(since) < 2*time.Second; {
-		if time.Now().After(deadline) {
-			t.Fatal("the count never stopped moving")
-		}
-		time.Sleep(20 * time.Millisecond)
+	testbed.WaitFor(t, "the count to stop moving", 30*time.Second, func() bool {
 		if n := count(); n != last {
 			last, since = n, time.Now()
 		}
-	}
+		return time.Since(since) >= 2*time.Second
+	})
 	return last
 }
 
@@ -130,7 +122,7 @@ func TestReplicaLagHoldsPages(t *testing.T) {
 	wg.Go(func() {
 		for writes.Err() == nil {
 			_, _ = db.Exec(writes, `INSERT INTO w DEFAULT VALUES`)
-			time.Sleep(20 * time.Millisecond)
+			time.Sleep(20 * time.Millisecond) // the point: a steady stream of writes for the replica to fall behind on
 		}
 	})
 	waitFor(t, 20*time.Second, "pages held for replica lag", func() bool { return held(p, 300*time.Millisecond) })
@@ -228,7 +220,16 @@ func TestPauseWithinOnePage(t *testing.T) {
 	// A pod reports paused when one of its range workers is held; the page
 	// the other had in flight may still commit. Then nothing may move.
 	stopped := settle(t, pages)
-	time.Sleep(time.Second)
+	// Still paused: a page asked for now is held, on both pods (each check
+	// waits 300 ms for BeforePage). Only then is the count compared again.
+	waitFor(t, 10*time.Second, "both pods hold the next page", func() bool {
+		for _, p := range pods {
+			if !held(p.pacer, 300*time.Millisecond) {
+				return false
+			}
+		}
+		return true
+	})
 	if still := pages(); still != stopped {
 		t.Fatalf("%d pages committed while paused", still-stopped)
 	}

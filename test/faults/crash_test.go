@@ -6,6 +6,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/reencrypt/reencrypt/internal/testbed"
 )
 
 // redoBound is the most KMS calls one kill can cost: the pages in flight
@@ -54,9 +56,9 @@ func TestCrashStorm(t *testing.T) {
 		target := done + rand.N(2*share+1)
 		p := w.start(fmt.Sprintf("storm#%d", runs), extra...)
 		earliest := time.Now().Add(150 * time.Millisecond)
-		for !p.exited() && (time.Now().Before(earliest) || w.rotatedSoFar() < target) {
-			time.Sleep(10 * time.Millisecond)
-		}
+		testbed.Poll(10*time.Minute, func() bool {
+			return p.exited() || (!time.Now().Before(earliest) && w.rotatedSoFar() >= target)
+		})
 		select {
 		case <-p.done:
 		case <-time.After(rand.N(100 * time.Millisecond)):

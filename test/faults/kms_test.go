@@ -69,7 +69,7 @@ func TestKMSFaults(t *testing.T) {
 				}
 				rotated0 := w.rotatedSoFar()
 				w.proxy.Set(c.faults)
-				time.Sleep(c.window)
+				time.Sleep(c.window) // the point: the fault lasts this window, then is lifted
 				fwd, pages := kmsCalls(w.proxy.Counts()), w.pages()
 				during := float64(w.rotatedSoFar()-rotated0) / c.window.Seconds()
 				// Not a bound: how far throughput falls while the fault lasts

@@ -80,7 +80,9 @@ func TestKMSSharedQuota(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(time.Second) // the API alone first
+	// The point: the simulated API runs alone for a second first, so its
+	// rate and throttled share are at their steady state when the Job joins.
+	time.Sleep(time.Second)
 	sent0, throttled0 := apiSent.Load(), apiThrottled.Load()
 	forwarded0 := kmsCalls(w.proxy.Counts())
 

@@ -81,10 +81,14 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 			t.Fatalf("A holds no range to be paused with (%s)", a.statusNow())
 		}
 		a.kill(syscall.SIGCONT)
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond) // the point: let A run until it claims a range, then stop it again
+
 	}
-	// Let A's leases expire (LEASE_TTL=2s), then start B.
-	time.Sleep(2500 * time.Millisecond)
+	// Expire A's leases in the database instead of waiting out LEASE_TTL,
+	// then start B. If A was stopped inside a page transaction it holds the
+	// range row's lock: the UPDATE waits until the server ends that
+	// transaction (idle_in_transaction_session_timeout, LEASE_TTL/2).
+	w.expireLeases(held)
 	b := w.start("runner-B", extra...)
 	waitFor(t, "B takes over every range A held", time.Minute, func() bool {
 		for rng, token := range held {
@@ -109,7 +113,7 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 		if f := fencedMetric(a.scrape()); f > fenced {
 			fenced = f
 		}
-		time.Sleep(100 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond) // scrape interval while A runs (the scrapes are what is measured)
 	}
 	a.wait(t, 3*time.Minute)
 	b.wait(t, 3*time.Minute)
@@ -122,6 +126,20 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 	_, dup := w.auditCounts(w.DB, "token_reencrypted")
 	figEq(t, scen, "rows rotated twice (audit rows per row > 1)", 0, dup)
 	w.checkDone(scen, int64(n))
+}
+
+// expireLeases makes the leases held (range → lease token, of pass 1)
+// expired now, as if their TTL had passed.
+func (w *world) expireLeases(held map[int]int64) {
+	w.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for rng, token := range held {
+		if _, err := w.DB.Exec(ctx, `UPDATE reencrypt.ranges SET lease_expires_at = now() - interval '1s'
+			WHERE pass = 1 AND range_no = $1 AND lease_token = $2 AND state = 'running'`, rng, token); err != nil {
+			w.t.Fatalf("expire the lease on range %d: %v", rng, err)
+		}
+	}
 }
 
 // heldBy maps the ranges p holds (running, owner naming its pid) to their

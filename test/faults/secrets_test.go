@@ -174,7 +174,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 	pages := w.pages()
 	waitFor(t, "a page", time.Minute, func() bool { return w.pages() > pages || p2.exited() })
 	w.proxy.Set(kmsfault.Faults{Error5xx: 0.3, Reset: 0.1})
-	time.Sleep(1500 * time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // the point: the KMS errors last this window, then are lifted
 	w.proxy.Set(kmsfault.Faults{})
 	pages = w.pages()
 	waitFor(t, "pages after the errors", time.Minute, func() bool { return w.pages() > pages || p2.exited() })
@@ -191,7 +191,7 @@ func TestSecretsNeverLeak(t *testing.T) {
 		if b := p3.scrape(); b != "" {
 			scraped = append(scraped, []byte(b))
 		}
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(200 * time.Millisecond) // scrape interval while the run lasts (the scrapes are what is checked)
 	}
 	p3.wait(t, 2*time.Minute)
 	figure(t, scen, "final run", "exit 65 (the corrupt canary quarantined)", p3.status(), p3.code == exitQuarantined)

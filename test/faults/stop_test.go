@@ -35,9 +35,11 @@ func TestGracefulStop(t *testing.T) {
 			waitFor(t, "two committed pages", time.Minute, func() bool { return w.pages() >= 2 || p.exited() })
 			if variant == "page rolled back" {
 				w.proxy.Set(kmsfault.Faults{Latency: 5 * time.Second}) // outlasts STOP_GRACE
+				// The point: a page starts and stalls in the slow KMS before
+				// the signal (the proxy has no in-flight count to wait on).
 				time.Sleep(300 * time.Millisecond)
 			} else {
-				time.Sleep(rand.N(300 * time.Millisecond))
+				time.Sleep(rand.N(300 * time.Millisecond)) // the point: SIGTERM at a random moment mid-run
 			}
 			if p.exited() {
 				t.Fatalf("run ended before SIGTERM: %s", p.status())

@@ -586,16 +586,10 @@ func (w *world) checkDone(scenario string, n int64) {
 	figEq(w.t, scenario, "token_reencrypted audit rows", n, audit)
 }
 
-// waitFor polls cond every 20 ms until it holds or timeout passes.
+// waitFor polls cond until it holds or timeout passes (testbed.WaitFor).
 func waitFor(t *testing.T, what string, timeout time.Duration, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %s waiting for %s", timeout, what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testbed.WaitFor(t, what, timeout, cond)
 }
 
 // kmsCalls sums the requests the proxy forwarded to the emulator.
