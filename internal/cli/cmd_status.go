@@ -11,9 +11,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func init() {
@@ -240,7 +240,7 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 
 // scanUnderOld reads every row once, counting rows by key and, for each run,
 // rows under its OLD key in each range of its current pass.
-func scanUnderOld(ctx context.Context, a *app, t *batch.Table, runs []checkpoint.RunInfo,
+func scanUnderOld(ctx context.Context, a *app, t *tokentable.Table, runs []checkpoint.RunInfo,
 	ranges [][]checkpoint.RangeInfo) (census.Census, [][]int64, error) {
 	var tracked []string
 	byOld := map[string][]int{} // old key ARN → runs

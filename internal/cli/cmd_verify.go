@@ -19,6 +19,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // maxSample bounds --sample: the sample's ids are held in memory.
@@ -101,7 +102,7 @@ type auditCheck struct {
 type verifier struct {
 	a        *app
 	db       batch.DB
-	t        *batch.Table
+	t        *tokentable.Table
 	kc       *kmsclient.Client
 	old, new kmsclient.Key
 	opt      verifyOptions

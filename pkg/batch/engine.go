@@ -15,6 +15,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // DB is what the engine needs from Postgres; *pgxpool.Pool fits.
@@ -34,7 +35,7 @@ const (
 
 // Config is the engine's tuning. Zero values take the defaults below.
 type Config struct {
-	Table     *Table
+	Table     *tokentable.Table
 	Old, New  kmsclient.Key
 	Mode      Mode
 	Namespace string

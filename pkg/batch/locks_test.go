@@ -12,6 +12,7 @@ import (
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // TestSwapLocksInIDOrder: the compare-and-swap locks a page's rows in id
@@ -37,7 +38,7 @@ func TestSwapLocksInIDOrder(t *testing.T) {
 	for i, id := range page {
 		olds[i] = e.Token(id)
 	}
-	tbl, err := batch.Inspect(ctx, e.DB, e.Spec())
+	tbl, err := tokentable.Inspect(ctx, e.DB, e.Spec())
 	if err != nil {
 		t.Fatal(err)
 	}

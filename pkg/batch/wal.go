@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // WALSample is the write-ahead log one sample page of the run wrote.
@@ -31,7 +33,7 @@ func (s WALSample) PerRow() float64 {
 // audit rows and the full-page images of pages not written since the last
 // checkpoint. Row locks are taken for the sample's length only, bounded by
 // lockTimeout; rows the live API holds are skipped, not waited for.
-func SampleWAL(ctx context.Context, db DB, t *Table, rows int, lockTimeout string) (s WALSample, err error) {
+func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTimeout string) (s WALSample, err error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: %w", err)
@@ -41,7 +43,7 @@ func SampleWAL(ctx context.Context, db DB, t *Table, rows int, lockTimeout strin
 		return s, fmt.Errorf("sample WAL: %w", err)
 	}
 	rs, err := tx.Query(ctx, fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s WHERE %[2]s IS NOT NULL ORDER BY %[1]s LIMIT $1 FOR UPDATE SKIP LOCKED`,
-		t.qid, t.qtoken, t.qname), rows)
+		t.QuotedID(), t.QuotedToken(), t.QuotedName()), rows)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: read a page: %w", err)
 	}

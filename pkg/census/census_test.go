@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
-func inspect(t *testing.T, e *fixture.Env) *batch.Table {
+func inspect(t *testing.T, e *fixture.Env) *tokentable.Table {
 	t.Helper()
-	tbl, err := batch.Inspect(context.Background(), e.DB, batch.TableSpec{Schema: "public", Name: "payment_methods",
+	tbl, err := tokentable.Inspect(context.Background(), e.DB, tokentable.Spec{Schema: "public", Name: "payment_methods",
 		IDColumn: "id", TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // MaxKeys is how many distinct kids a Census names, besides the ones it was
@@ -149,7 +150,7 @@ func (c *Counter) Census() Census {
 
 // Count walks the rows of t in b and counts them; see NewCounter for focus
 // and tracked. progress, when not nil, is called after every page.
-func Count(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize int, focus string, tracked []string,
+func Count(ctx context.Context, db Querier, t *tokentable.Table, b Bounds, pageSize int, focus string, tracked []string,
 	progress func(Census)) (Census, error) {
 	c := NewCounter(focus, tracked...)
 	err := Walk(ctx, db, t, b, pageSize, func(page []Row) error {
@@ -168,7 +169,7 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // RowsUnder counts the rows of the whole table under the key ARN, every
 // envelope parsed. A kid that is not a key ARN (a key id or an alias a
 // writer recorded) is resolved with keyOf; nil compares kids as they are.
-func RowsUnder(ctx context.Context, db Querier, t *batch.Table, keyARN string, keyOf KeyOf) (int64, error) {
+func RowsUnder(ctx context.Context, db Querier, t *tokentable.Table, keyARN string, keyOf KeyOf) (int64, error) {
 	var n int64
 	err := Walk(ctx, db, t, Bounds{}, 0, func(page []Row) error {
 		for _, r := range page {

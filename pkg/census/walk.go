@@ -6,8 +6,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // Querier runs a query; *pgxpool.Pool, *pgx.Conn and pgx.Tx fit.
@@ -31,7 +31,7 @@ const DefaultPageSize = 5000
 // of at most pageSize rows at a time. fn may keep the rows it is given (each
 // page is freshly allocated). An error from fn stops the walk and is
 // returned as is.
-func Walk(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize int, fn func(page []Row) error) error {
+func Walk(ctx context.Context, db Querier, t *tokentable.Table, b Bounds, pageSize int, fn func(page []Row) error) error {
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
@@ -72,7 +72,7 @@ func Walk(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize in
 
 // ReadIDs returns the rows with these ids (those that still exist), in id
 // order: verify re-reads its sample with it.
-func ReadIDs(ctx context.Context, db Querier, t *batch.Table, ids []string) ([]Row, error) {
+func ReadIDs(ctx context.Context, db Querier, t *tokentable.Table, ids []string) ([]Row, error) {
 	q := newQueries(t)
 	rs, err := db.Query(ctx, q.byIDs, ids)
 	if err != nil {
@@ -104,7 +104,7 @@ type queries struct {
 	all, from, to, between, byIDs string
 }
 
-func newQueries(t *batch.Table) queries {
+func newQueries(t *tokentable.Table) queries {
 	id := pgx.Identifier{t.Spec.IDColumn}.Sanitize()
 	tok := pgx.Identifier{t.Spec.TokenColumn}.Sanitize()
 	sel := fmt.Sprintf(`SELECT t.%s::text, t.%s FROM %s AS t`, id, tok, t.QuotedName())
@@ -140,8 +140,8 @@ func (q queries) pick(lower, upper *string) string {
 
 // NullIDs counts the rows whose id is NULL, by key as Count does (the
 // tracked keys always named). The keyset cursor never reads them, which is
-// why batch.Inspect refuses an id column that allows NULL; plan shows them.
-func NullIDs(ctx context.Context, db Querier, t *batch.Table, tracked ...string) (Census, error) {
+// why tokentable.Inspect refuses an id column that allows NULL; plan shows them.
+func NullIDs(ctx context.Context, db Querier, t *tokentable.Table, tracked ...string) (Census, error) {
 	tok := pgx.Identifier{t.Spec.TokenColumn}.Sanitize()
 	id := pgx.Identifier{t.Spec.IDColumn}.Sanitize()
 	rs, err := db.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s WHERE %s IS NULL`, tok, t.QuotedName(), id))
