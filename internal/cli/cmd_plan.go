@@ -153,7 +153,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 
 	start := time.Now()
 	lastLog := start
-	c, err := census.Count(ctx, db, t, census.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
+	c, err := census.Count(ctx, db, t, tokentable.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
 		func(c census.Census) {
 			if time.Since(lastLog) >= progressEvery {
 				lastLog = time.Now()

@@ -164,7 +164,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	a.log.Info("verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
 
 	lastLog := time.Now()
-	err = census.Walk(ctx, v.db, t, census.Bounds{}, census.DefaultPageSize, func(page []census.Row) error {
+	err = tokentable.Walk(ctx, v.db, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
 		if err := v.page(ctx, page, o.sample == 0); err != nil {
 			return err
 		}
@@ -218,8 +218,8 @@ func (v *verifier) fail(id, class, detail string) {
 
 // page classifies one page of the walk; open says whether rows under NEW
 // are opened now (no sample) or offered to the sample.
-func (v *verifier) page(ctx context.Context, page []census.Row, open bool) error {
-	var under []census.Row
+func (v *verifier) page(ctx context.Context, page []tokentable.Row, open bool) error {
+	var under []tokentable.Row
 	var envs []*envelope.Envelope
 	rows := &v.rep.Rows
 	for _, row := range page {
@@ -271,11 +271,11 @@ func (v *verifier) offer(id string) {
 func (v *verifier) openSample(ctx context.Context) error {
 	slices.SortFunc(v.sample, func(x, y string) int { return census.CompareIDs(v.t.IDType, x, y) })
 	for chunk := range slices.Chunk(v.sample, 1000) {
-		rows, err := census.ReadIDs(ctx, v.db, v.t, chunk)
+		rows, err := tokentable.ReadIDs(ctx, v.db, v.t, chunk)
 		if err != nil {
-			return err
+			return fmt.Errorf("read %d rows of %s: %w", len(chunk), v.t.Qualified(), err)
 		}
-		var under []census.Row
+		var under []tokentable.Row
 		var envs []*envelope.Envelope
 		for _, row := range rows {
 			env, class := census.Inspect(row.Token)
@@ -304,7 +304,7 @@ func (v *verifier) openSample(ctx context.Context) error {
 // open unwraps each distinct wrapped key of the rows once (KMS Decrypt under
 // NEW, through the data-key cache) and authenticates every row's token with
 // its own AAD. Plaintexts and data keys are cleared at once.
-func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope.Envelope) error {
+func (v *verifier) open(ctx context.Context, rows []tokentable.Row, envs []*envelope.Envelope) error {
 	groups := map[string][]int{}
 	var order []string
 	for i, e := range envs {
@@ -351,7 +351,7 @@ func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope
 }
 
 // checkAudit looks up the OLD → NEW audit row of each row under NEW.
-func (v *verifier) checkAudit(ctx context.Context, rows []census.Row) error {
+func (v *verifier) checkAudit(ctx context.Context, rows []tokentable.Row) error {
 	if v.opt.skipAudit {
 		return nil
 	}

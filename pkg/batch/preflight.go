@@ -131,7 +131,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.T
 	const maxTries, minTries = 12, 5
 	tried := 0
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != oldARN {
 			continue
 		}
@@ -141,7 +141,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.T
 			return keyOrTransient(fmt.Errorf("sample decrypt under the old key: %w", err))
 		}
 		if err == nil {
-			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			plain, oerr := envelope.Open(env, dek, ns, r.ID)
 			clear(plain)
 			dek.Zero()
 			if oerr == nil {
@@ -175,7 +175,7 @@ func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentabl
 	const maxTries = 3
 	tried := map[string]bool{}
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != oldARN || tried[string(env.WDEK)] {
 			continue
 		}
@@ -200,12 +200,12 @@ func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentabl
 // sampleRows reads up to 200 rows from the start of the table and up to 200
 // from random pages (TABLESAMPLE SYSTEM, sized from the planner's row
 // estimate so that a huge table is not scanned).
-func sampleRows(ctx context.Context, db DB, t *tokentable.Table) ([]row, error) {
+func sampleRows(ctx context.Context, db DB, t *tokentable.Table) ([]tokentable.Row, error) {
 	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`, t.QuotedID(), t.QuotedToken(), t.QuotedName()))
 	if err != nil {
 		return nil, err
 	}
-	sample, err := collectRows(first, 400)
+	sample, err := tokentable.CollectRows(first, 400)
 	if err != nil {
 		return nil, err
 	}
@@ -222,12 +222,12 @@ func sampleRows(ctx context.Context, db DB, t *tokentable.Table) ([]row, error) 
 	if err != nil {
 		return nil, err
 	}
-	more, err := collectRows(spread, 200)
+	more, err := tokentable.CollectRows(spread, 200)
 	if err != nil {
 		return nil, err
 	}
 	// Interleave so that the tries are spread over both halves.
-	out := make([]row, 0, len(sample)+len(more))
+	out := make([]tokentable.Row, 0, len(sample)+len(more))
 	for i := 0; i < max(len(sample), len(more)); i++ {
 		if i < len(more) {
 			out = append(out, more[i])
@@ -241,16 +241,16 @@ func sampleRows(ctx context.Context, db DB, t *tokentable.Table) ([]row, error) 
 
 // anyOpens reports whether one of the first three tokens under keyARN in
 // sample opens with namespace ns.
-func anyOpens(ctx context.Context, kc *kmsclient.Client, sample []row, keyARN, ns string) bool {
+func anyOpens(ctx context.Context, kc *kmsclient.Client, sample []tokentable.Row, keyARN, ns string) bool {
 	tried := 0
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != keyARN {
 			continue
 		}
 		dek, err := kc.Decrypt(ctx, keyARN, env.WDEK)
 		if err == nil {
-			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			plain, oerr := envelope.Open(env, dek, ns, r.ID)
 			clear(plain)
 			dek.Zero()
 			if oerr == nil {

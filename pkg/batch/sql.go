@@ -7,31 +7,15 @@ import (
 )
 
 // statements are the engine's SQL for one table, built once from quoted
-// identifiers. Values always travel as parameters.
+// identifiers. Values always travel as parameters. The keyset reads are
+// tokentable's (ReadPage, ReadIDs).
 type statements struct {
-	readFrom, readBetween, readTo, readAll string // keyset pages, by which bounds are set
-	readIDs                                string // re-read rows that changed under us
-	swap                                   string // compare-and-swap of tokens + audit rows
-	auditFailed                            string // audit rows for newly quarantined rows
+	swap        string // compare-and-swap of tokens + audit rows
+	auditFailed string // audit rows for newly quarantined rows
 }
 
 func newStatements(t *tokentable.Table) statements {
-	sel := fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s AS t`, t.QuotedID(), t.QuotedToken(), t.QuotedName())
-	// Order by the column itself (t.id), not by the name "id": a bare name in
-	// ORDER BY means the output column first, which is id::text, and integer
-	// ids in text order ("10" < "9") would make the keyset cursor skip rows.
-	order := fmt.Sprintf(` ORDER BY t.%s LIMIT $3`, t.QuotedID())
-	lower := fmt.Sprintf(`%s > $1::text::%s`, t.QuotedID(), t.IDType)
-	upper := fmt.Sprintf(`%s <= $2::text::%s`, t.QuotedID(), t.IDType)
 	return statements{
-		// Every variant takes $1 (lower), $2 (upper), $3 (limit) so callers
-		// pass the same arguments; unused ones are compared with NULL.
-		readBetween: sel + ` WHERE ` + lower + ` AND ` + upper + order,
-		readFrom:    sel + ` WHERE ` + lower + ` AND $2::text IS NULL` + order,
-		readTo:      sel + ` WHERE $1::text IS NULL AND ` + upper + order,
-		readAll:     sel + ` WHERE $1::text IS NULL AND $2::text IS NULL` + order,
-		readIDs: fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s WHERE %[1]s = ANY($1::text[]::%[4]s[]) ORDER BY %[1]s`,
-			t.QuotedID(), t.QuotedToken(), t.QuotedName(), t.IDType),
 		// The WHERE compares the token with the one we read: a row the live
 		// API rewrote meanwhile is not overwritten; it is re-read instead.
 		// The page's rows are first locked in id order ("locked", run whole
@@ -63,16 +47,4 @@ func newStatements(t *tokentable.Table) statements {
 			FROM unnest($1::text[], $2::text[]) AS v(id, class)`,
 			t.QuotedAudit(), t.QuotedAuditID(), t.IDType),
 	}
-}
-
-func (s statements) read(lower, upper *string) string {
-	switch {
-	case lower != nil && upper != nil:
-		return s.readBetween
-	case lower != nil:
-		return s.readFrom
-	case upper != nil:
-		return s.readTo
-	}
-	return s.readAll
 }

@@ -47,7 +47,7 @@ func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTi
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: read a page: %w", err)
 	}
-	page, err := collectRows(rs, rows)
+	page, err := tokentable.CollectRows(rs, rows)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: read a page: %w", err)
 	}
@@ -56,7 +56,7 @@ func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTi
 	}
 	ids, tokens := make([]string, len(page)), make([][]byte, len(page))
 	for i, r := range page {
-		ids[i], tokens[i] = r.id, r.token
+		ids[i], tokens[i] = r.ID, r.Token
 	}
 	details, _ := json.Marshal(map[string]any{ // the size of the run's own
 		"run_id": "0000000000000000", "pass": 1, "mode": string(Rewrap),

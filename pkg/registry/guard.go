@@ -227,7 +227,7 @@ func (r *Registry) countTable(ctx context.Context, q checkpoint.DB, arn string, 
 		c.Missing = true
 		return c, nil
 	}
-	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row census.Row) error {
+	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row tokentable.Row) error {
 		c.Scanned++
 		held := quarantined[row.ID]
 		env, _ := census.Inspect(row.Token)

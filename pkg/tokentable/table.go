@@ -46,6 +46,7 @@ type Table struct {
 
 	qname, qid, qtoken string // quoted table, id column, token column
 	qaudit, qauditID   string
+	read               reads // keyset statements (read.go)
 }
 
 // Qualified is "schema.table" as configured, for messages and run ids.
@@ -100,6 +101,7 @@ func Inspect(ctx context.Context, db Querier, spec Spec) (*Table, error) {
 	t.qname = quote(spec.Schema, spec.Name)
 	t.qid = quote(spec.IDColumn)
 	t.qtoken = quote(spec.TokenColumn)
+	t.read = newReads(t)
 
 	var unique, notNull bool
 	err = db.QueryRow(ctx, `
