@@ -14,7 +14,6 @@ import (
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
@@ -42,15 +41,15 @@ type verifyOptions struct {
 	sample, maxFailures int
 }
 
-// Failure classes of verify, beside the engine's parse classes (malformed,
+// Failure classes of verify, beside the engine's classes (tokentable.Class: malformed,
 // truncated, unknown_version, unknown_alg, null_token) for unreadable rows.
 const (
-	failUnderOld     = "under_old"       // the row is still under OLD
-	failAuth         = "auth_failed"     // under NEW, but does not open with its own AAD (moved, altered, other namespace)
-	failKMSRejected  = "kms_rejected"    // KMS refused to unwrap the row's data key under NEW
-	failNoAudit      = "no_audit"        // under NEW, with no token_reencrypted audit row naming OLD → NEW
-	failDuplicate    = "duplicate_audit" // more than one audit row for the row in one run and pass
-	failAuditMissing = "audit_missing"   // the runs count more rotated rows than there are audit rows
+	failUnderOld     = "under_old"                         // the row is still under OLD
+	failAuth         = string(tokentable.ClassAuthFailed)  // under NEW, but does not open with its own AAD (moved, altered, other namespace)
+	failKMSRejected  = string(tokentable.ClassKMSRejected) // KMS refused to unwrap the row's data key under NEW
+	failNoAudit      = "no_audit"                          // under NEW, with no token_reencrypted audit row naming OLD → NEW
+	failDuplicate    = "duplicate_audit"                   // more than one audit row for the row in one run and pass
+	failAuditMissing = "audit_missing"                     // the runs count more rotated rows than there are audit rows
 )
 
 type verifyReport struct {
@@ -101,7 +100,7 @@ type auditCheck struct {
 
 type verifier struct {
 	a        *app
-	db       batch.DB
+	db       checkpoint.DB
 	t        *tokentable.Table
 	kc       *kmsclient.Client
 	old, new kmsclient.Key
@@ -224,11 +223,11 @@ func (v *verifier) page(ctx context.Context, page []tokentable.Row, open bool) e
 	rows := &v.rep.Rows
 	for _, row := range page {
 		rows.Total++
-		env, class := census.Inspect(row.Token)
+		env, class := tokentable.ParseToken(row.Token)
 		switch {
 		case env == nil:
 			rows.Unreadable++
-			v.fail(row.ID, class, "")
+			v.fail(row.ID, string(class), "")
 		case env.KID == v.old.ARN:
 			rows.UnderOld++
 			v.fail(row.ID, failUnderOld, "")
@@ -278,10 +277,10 @@ func (v *verifier) openSample(ctx context.Context) error {
 		var under []tokentable.Row
 		var envs []*envelope.Envelope
 		for _, row := range rows {
-			env, class := census.Inspect(row.Token)
+			env, class := tokentable.ParseToken(row.Token)
 			switch {
 			case env == nil:
-				v.fail(row.ID, class, "changed since it was read under NEW")
+				v.fail(row.ID, string(class), "changed since it was read under NEW")
 			case env.KID == v.new.ARN:
 				under, envs = append(under, row), append(envs, env)
 			case env.KID == v.old.ARN:
@@ -335,7 +334,7 @@ func (v *verifier) open(ctx context.Context, rows []tokentable.Row, envs []*enve
 				plain, err := envelope.Open(envs[i], dek, v.a.cfg.Namespace, rows[i].ID)
 				clear(plain)
 				if err != nil {
-					v.fail(rows[i].ID, batch.ErrorClass(err), "")
+					v.fail(rows[i].ID, string(tokentable.OpenClass(err)), "")
 					continue
 				}
 				ok++

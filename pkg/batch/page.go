@@ -36,7 +36,7 @@ const (
 type result struct {
 	outcome  outcome
 	newToken []byte
-	class    string // quarantine class
+	class    tokentable.Class // quarantine class
 }
 
 // page reads the next page of the range, rotates it and commits it. It
@@ -157,13 +157,9 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 func (e *Engine) settle(ctx context.Context, rows []tokentable.Row) ([]result, error) {
 	res := make([]result, len(rows))
 	for i, r := range rows {
-		if r.Token == nil {
-			res[i] = result{outcome: outQuarantine, class: "null_token"}
-			continue
-		}
-		env, err := envelope.Parse(r.Token)
-		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+		env, class := tokentable.ParseToken(r.Token)
+		if env == nil {
+			res[i] = result{outcome: outQuarantine, class: class}
 			continue
 		}
 		kid, err := e.keyOf(ctx, env.KID)
@@ -206,13 +202,9 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 	groups := map[string][]int{} // wrapped data key → rows sharing it
 	var order []string
 	for i, r := range rows {
-		if r.Token == nil {
-			res[i] = result{outcome: outQuarantine, class: "null_token"}
-			continue
-		}
-		env, err := envelope.Parse(r.Token)
-		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+		env, class := tokentable.ParseToken(r.Token)
+		if env == nil {
+			res[i] = result{outcome: outQuarantine, class: class}
 			continue
 		}
 		kid, err := e.keyOf(ctx, env.KID)
@@ -309,7 +301,7 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
-			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
 		}
 		return nil
 	}
@@ -322,7 +314,7 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 		id := rows[i].ID
 		plain, err := envelope.Open(envs[i], dek, ns, id)
 		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: openClass(err)}
+			res[i] = result{outcome: outQuarantine, class: tokentable.OpenClass(err)}
 			continue
 		}
 		fresh, err := sealer.Seal(ns, id, plain)
@@ -353,7 +345,7 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 	newWDEK, err := e.kms.ReEncrypt(ctx, wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
-			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
 		}
 		return nil
 	}
@@ -363,7 +355,7 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 	for _, i := range idx {
 		fresh, err := envs[i].Rewrap(e.cfg.New.ARN, newWDEK)
 		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ParseClass(err)}
 			continue
 		}
 		b, err := fresh.Marshal()
@@ -373,27 +365,6 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 		res[i] = result{outcome: outRotate, newToken: b}
 	}
 	return nil
-}
-
-func parseClass(err error) string {
-	switch {
-	case errors.Is(err, envelope.ErrVersion):
-		return "unknown_version"
-	case errors.Is(err, envelope.ErrAlg):
-		return "unknown_alg"
-	case errors.Is(err, envelope.ErrTruncated), errors.Is(err, envelope.ErrCiphertextShort):
-		return "truncated"
-	case errors.Is(err, envelope.ErrMalformed):
-		return "malformed"
-	}
-	return "unreadable"
-}
-
-func openClass(err error) string {
-	if errors.Is(err, envelope.ErrAuth) {
-		return "auth_failed" // wrong row, wrong namespace or altered bytes
-	}
-	return parseClass(err)
 }
 
 // commit writes one page in one transaction: fence, compare-and-swap of the
@@ -417,7 +388,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 		case outOtherKey:
 			c.OtherKey++
 		case outQuarantine:
-			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: r.class})
+			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
 		case outRotate:
 			ids = append(ids, rows[i].ID)
 			olds = append(olds, rows[i].Token)

@@ -4,8 +4,6 @@ import (
 	"context"
 	"hash/maphash"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
-	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
@@ -14,19 +12,6 @@ import (
 // asked to track; rows under more kids are only counted (OtherKeysRows). A
 // corrupt table can hold any number of kids: the report must stay small.
 const MaxKeys = 32
-
-// Inspect parses one stored token. It returns the envelope, or the class the
-// engine would quarantine the row under (batch.NullTokenClass for NULL).
-func Inspect(token []byte) (*envelope.Envelope, string) {
-	if token == nil {
-		return nil, batch.NullTokenClass
-	}
-	env, err := envelope.Parse(token)
-	if err != nil {
-		return nil, batch.ErrorClass(err)
-	}
-	return env, ""
-}
 
 // Census is what a count found.
 type Census struct {
@@ -109,9 +94,9 @@ func (c *Counter) Add(page []tokentable.Row) []string {
 	kids := make([]string, len(page))
 	for i, r := range page {
 		c.c.Rows++
-		env, class := Inspect(r.Token)
+		env, class := tokentable.ParseToken(r.Token)
 		if env == nil {
-			c.c.Unreadable[class]++
+			c.c.Unreadable[string(class)]++
 			continue
 		}
 		kids[i] = env.KID
@@ -173,7 +158,7 @@ func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, 
 	var n int64
 	err := tokentable.Walk(ctx, db, t, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
 		for _, r := range page {
-			env, _ := Inspect(r.Token)
+			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {
 				continue
 			}

@@ -18,7 +18,7 @@
 //     of the focus key are counted exactly up to ExactDistinctLimit and
 //     estimated with a HyperLogLog sketch (about 1 % error, 16 KiB) above it.
 //   - Same words as the engine: unreadable rows are classed with
-//     batch.ErrorClass, so the counts line up with the quarantine.
+//     tokentable.ParseToken, so the counts line up with the quarantine.
 //   - No secrets: only kids (key ARNs) and row ids ever leave this package;
 //     wrapped keys are hashed in memory and never reported.
 //

@@ -230,7 +230,7 @@ func (r *Registry) countTable(ctx context.Context, q checkpoint.DB, arn string, 
 	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row tokentable.Row) error {
 		c.Scanned++
 		held := quarantined[row.ID]
-		env, _ := census.Inspect(row.Token)
+		env, _ := tokentable.ParseToken(row.Token)
 		if env == nil { // NULL or unreadable: only OLD can help a quarantined one
 			if held {
 				c.Rows++
