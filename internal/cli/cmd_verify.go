@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
@@ -152,10 +151,11 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	v.audit = fmt.Sprintf(`
 		SELECT v.id FROM unnest($1::text[]) AS v(id)
 		WHERE NOT EXISTS (
-			SELECT 1 FROM %s a WHERE a.%s = v.id::%s AND a.action = 'token_reencrypted'
-			  AND a.details->>'old_key_arn' = $2 AND a.details->>'new_key_arn' = $3)
+			SELECT 1 FROM %s a WHERE a.%s = v.id::%s AND a.action = '%s'
+			  AND a.details->>'%s' = $2 AND a.details->>'%s' = $3)
 		ORDER BY 1`,
-		pgx.Identifier{t.Spec.Schema, t.Spec.AuditTable}.Sanitize(), pgx.Identifier{t.Spec.AuditIDColumn}.Sanitize(), t.IDType)
+		t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+		tokentable.ActionReencrypted, tokentable.DetailOldKeyARN, tokentable.DetailNewKeyARN)
 	r := &v.rep
 	r.Table, r.OldKeyARN, r.NewKeyARN, r.Sample = t.Qualified(), v.old.ARN, v.new.ARN, o.sample
 	r.FailuresByCls = map[string]int64{}
@@ -409,10 +409,10 @@ func (v *verifier) checkAuditCounts(ctx context.Context) error {
 	if ac.Rotated, err = store.RotatedTotal(ctx, ac.RunIDs); err != nil {
 		return err
 	}
-	audit := pgx.Identifier{v.t.Spec.Schema, v.t.Spec.AuditTable}.Sanitize()
-	aid := pgx.Identifier{v.t.Spec.AuditIDColumn}.Sanitize()
+	audit, aid := v.t.QuotedAudit(), v.t.QuotedAuditID()
 	if err := v.db.QueryRow(ctx, fmt.Sprintf(`
-		SELECT count(*) FROM %s WHERE action = 'token_reencrypted' AND details->>'run_id' = ANY($1)`, audit),
+		SELECT count(*) FROM %s WHERE action = '%s' AND details->>'%s' = ANY($1)`,
+		audit, tokentable.ActionReencrypted, tokentable.DetailRunID),
 		ac.RunIDs).Scan(&ac.AuditRows); err != nil {
 		return err
 	}
@@ -423,8 +423,9 @@ func (v *verifier) checkAuditCounts(ctx context.Context) error {
 		ac.Note = "more audit rows than rows counted as rotated: the bookkeeping was reset, or a rollback rotated rows twice"
 	}
 	rows, err := v.db.Query(ctx, fmt.Sprintf(`
-		SELECT %[2]s::text FROM %[1]s WHERE action = 'token_reencrypted' AND details->>'run_id' = ANY($1)
-		GROUP BY %[2]s, details->>'run_id', details->>'pass' HAVING count(*) > 1 ORDER BY 1`, audit, aid), ac.RunIDs)
+		SELECT %[2]s::text FROM %[1]s WHERE action = '%[3]s' AND details->>'%[4]s' = ANY($1)
+		GROUP BY %[2]s, details->>'%[4]s', details->>'%[5]s' HAVING count(*) > 1 ORDER BY 1`,
+		audit, aid, tokentable.ActionReencrypted, tokentable.DetailRunID, tokentable.DetailPass), ac.RunIDs)
 	if err != nil {
 		return err
 	}

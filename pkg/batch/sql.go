@@ -7,7 +7,8 @@ import (
 )
 
 // statements are the engine's SQL for one table, built once from quoted
-// identifiers. Values always travel as parameters. The keyset reads are
+// identifiers; the audit rows follow tokentable's audit contract. Values
+// always travel as parameters. The keyset reads are
 // tokentable's (ReadPage, ReadIDs).
 type statements struct {
 	swap        string // compare-and-swap of tokens + audit rows
@@ -37,14 +38,16 @@ func newStatements(t *tokentable.Table) statements {
 				RETURNING t.%[2]s
 			), audited AS (
 				INSERT INTO %[4]s (%[5]s, action, actor_type, details)
-				SELECT %[2]s, 'token_reencrypted', 'system', $4::jsonb FROM swapped
+				SELECT %[2]s, '%[7]s', '%[8]s', $4::jsonb FROM swapped
 			)
 			SELECT %[2]s::text FROM swapped`,
-			t.QuotedName(), t.QuotedID(), t.QuotedToken(), t.QuotedAudit(), t.QuotedAuditID(), t.IDType),
+			t.QuotedName(), t.QuotedID(), t.QuotedToken(), t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+			tokentable.ActionReencrypted, tokentable.ActorSystem),
 		auditFailed: fmt.Sprintf(`
 			INSERT INTO %[1]s (%[2]s, action, actor_type, details)
-			SELECT v.id::%[3]s, 'token_reencrypt_failed', 'system', $3::jsonb || jsonb_build_object('error_class', v.class)
+			SELECT v.id::%[3]s, '%[4]s', '%[5]s', $3::jsonb || jsonb_build_object('%[6]s', v.class)
 			FROM unnest($1::text[], $2::text[]) AS v(id, class)`,
-			t.QuotedAudit(), t.QuotedAuditID(), t.IDType),
+			t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+			tokentable.ActionReencryptFailed, tokentable.ActorSystem, tokentable.DetailErrorClass),
 	}
 }

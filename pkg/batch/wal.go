@@ -2,7 +2,6 @@ package batch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -58,11 +57,11 @@ func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTi
 	for i, r := range page {
 		ids[i], tokens[i] = r.ID, r.Token
 	}
-	details, _ := json.Marshal(map[string]any{ // the size of the run's own
-		"run_id": "0000000000000000", "pass": 1, "mode": string(Rewrap),
-		"old_key_arn": "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
-		"new_key_arn": "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
-	})
+	details := tokentable.AuditDetails{ // the size of the run's own
+		RunID: "0000000000000000", Pass: 1, Mode: string(Rewrap),
+		OldKeyARN: "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
+		NewKeyARN: "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
+	}.JSON()
 	var before, after int64
 	const position = `SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8`
 	if err := tx.QueryRow(ctx, position).Scan(&before); err != nil {
