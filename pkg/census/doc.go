@@ -3,8 +3,9 @@
 // write, no lock. plan, status, verify and the key registry use it to count
 // rows under OLD, under NEW, under other keys and unreadable, the registry
 // uses it to refuse retiring or deleting a key that still protects a row,
-// and run recounts the rows under OLD with it before exiting 0. The keyset
-// walk never reads a NULL id; NullIDs counts those rows for plan.
+// and run recounts the rows under OLD with it before exiting 0. It reads
+// with tokentable's keyset reader (tokentable.Walk), which never reads a
+// NULL id; NullIDs counts those rows for plan.
 //
 // Invariants:
 //
