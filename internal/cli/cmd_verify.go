@@ -160,7 +160,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	r.Table, r.OldKeyARN, r.NewKeyARN, r.Sample = t.Qualified(), v.old.ARN, v.new.ARN, o.sample
 	r.FailuresByCls = map[string]int64{}
 	r.Failures = []verifyFailure{}
-	a.log.Info("verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
+	a.log.InfoContext(ctx, "verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
 
 	lastLog := time.Now()
 	err = tokentable.Walk(ctx, v.db, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
@@ -169,7 +169,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 		}
 		if time.Since(lastLog) >= progressEvery {
 			lastLog = time.Now()
-			a.log.Info("verify: reading", "rows", r.Rows.Total, "opened", r.Opened, "failures", r.FailuresTotal)
+			a.log.InfoContext(ctx, "verify: reading", "rows", r.Rows.Total, "opened", r.Opened, "failures", r.FailuresTotal)
 		}
 		return nil
 	})
@@ -190,7 +190,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	}
 	r.ElapsedSeconds = round2(time.Since(start).Seconds())
 	v.summarise()
-	a.log.Info("verify finished", "ok", r.OK, "rows", r.Rows.Total, "under_new", r.Rows.UnderNew, "under_old", r.Rows.UnderOld,
+	a.log.InfoContext(ctx, "verify finished", "ok", r.OK, "rows", r.Rows.Total, "under_new", r.Rows.UnderNew, "under_old", r.Rows.UnderOld,
 		"opened", r.Opened, "failures", r.FailuresTotal, "failures_by_class", r.FailuresByCls)
 	if o.json {
 		if err := writeJSON(a.stdout, r); err != nil {

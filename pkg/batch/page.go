@@ -123,7 +123,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 			}
 			total = total.Add(counts)
 			if len(left) > 0 {
-				log.Warn("rows kept changing under the live API; left for the next pass", "rows", len(left))
+				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
 			}
 			break
 		}
@@ -137,7 +137,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		e.cfg.Pacer.AfterPage(commitTook)
 	}
 	e.metrics.PageDuration.Observe(took.Seconds())
-	log.Debug("page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
+	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
 		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())
 	e.metrics.LastSuccess.SetToCurrentTime()
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
@@ -479,7 +479,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 	}
 	hook(ctx, e.cfg.Hooks.AfterCommit)
 	for _, q := range bad {
-		e.log.Warn("row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
+		e.log.WarnContext(ctx, "row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}
 	return c, conflicts, nil
 }
