@@ -22,6 +22,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // engineRun is what one engine run reported: from its exit status, its
@@ -278,7 +279,7 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 	}
 	r.kmsWorkers = workers
 
-	table, err := batch.Inspect(ctx, pool, batch.TableSpec{Schema: cfg.TableSchema, Name: cfg.Table, IDColumn: cfg.IDColumn,
+	table, err := tokentable.Inspect(ctx, pool, tokentable.Spec{Schema: cfg.TableSchema, Name: cfg.Table, IDColumn: cfg.IDColumn,
 		TokenColumn: cfg.TokenColumn, AuditTable: cfg.AuditTable, AuditIDColumn: cfg.AuditIDColumn})
 	if err != nil {
 		return nil, err

@@ -24,6 +24,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/metrics"
 	"github.com/reencrypt/reencrypt/pkg/pacer"
 	"github.com/reencrypt/reencrypt/pkg/registry"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // Exit codes, documented in the README and matched by deploy/job.yaml.
@@ -482,9 +483,9 @@ func (a *app) client(ctx context.Context) (*kmsclient.Client, error) {
 	return kmsclient.NewClient(api, a.cfg.Namespace, a.cache), nil
 }
 
-func (a *app) tableSpec() batch.TableSpec {
+func (a *app) tableSpec() tokentable.Spec {
 	c := a.cfg
-	return batch.TableSpec{Schema: c.TableSchema, Name: c.Table, IDColumn: c.IDColumn, TokenColumn: c.TokenColumn,
+	return tokentable.Spec{Schema: c.TableSchema, Name: c.Table, IDColumn: c.IDColumn, TokenColumn: c.TokenColumn,
 		AuditTable: c.AuditTable, AuditIDColumn: c.AuditIDColumn}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func init() {
@@ -142,7 +143,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	}
 	mode := batch.Mode(cfg.Mode)
 	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, mode)
-	var nullable *batch.NullableIDError
+	var nullable *tokentable.NullableIDError
 	if err != nil && !(errors.As(err, &nullable) && checked != nil) {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)
 	}
@@ -152,7 +153,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 
 	start := time.Now()
 	lastLog := start
-	c, err := census.Count(ctx, db, t, census.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
+	c, err := census.Count(ctx, db, t, tokentable.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
 		func(c census.Census) {
 			if time.Since(lastLog) >= progressEvery {
 				lastLog = time.Now()
@@ -252,7 +253,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 // sampleWAL measures the run's WAL per row on one page, rolled back. It is
 // advice, not a check: a role without UPDATE on the table, or a busy page,
 // leaves a warning and the plan goes on.
-func (r *planReport) sampleWAL(ctx context.Context, a *app, t *batch.Table) {
+func (r *planReport) sampleWAL(ctx context.Context, a *app, t *tokentable.Table) {
 	db, err := a.db(ctx)
 	if err == nil {
 		var s batch.WALSample

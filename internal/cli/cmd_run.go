@@ -13,6 +13,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/registry"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func init() {
@@ -119,7 +120,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 // table is read again and its envelope parsed, and not one may be under
 // OLD. The live API still writing under OLD puts rows behind the cursor
 // that the pass cannot see; they are counted here, and a rerun takes them.
-func (a *app) recountOld(ctx context.Context, db census.Querier, checked *batch.Checked, keyOf census.KeyOf) error {
+func (a *app) recountOld(ctx context.Context, db tokentable.Querier, checked *batch.Checked, keyOf census.KeyOf) error {
 	start := time.Now()
 	n, err := census.RowsUnder(ctx, db, checked.Table, checked.Old.ARN, keyOf)
 	if err != nil {

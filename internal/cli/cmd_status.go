@@ -11,9 +11,9 @@ import (
 
 	"github.com/spf13/pflag"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func init() {
@@ -240,7 +240,7 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 
 // scanUnderOld reads every row once, counting rows by key and, for each run,
 // rows under its OLD key in each range of its current pass.
-func scanUnderOld(ctx context.Context, a *app, t *batch.Table, runs []checkpoint.RunInfo,
+func scanUnderOld(ctx context.Context, a *app, t *tokentable.Table, runs []checkpoint.RunInfo,
 	ranges [][]checkpoint.RangeInfo) (census.Census, [][]int64, error) {
 	var tracked []string
 	byOld := map[string][]int{} // old key ARN → runs
@@ -256,7 +256,7 @@ func scanUnderOld(ctx context.Context, a *app, t *batch.Table, runs []checkpoint
 	}
 	counter := census.NewCounter("", tracked...)
 	start, lastLog := time.Now(), time.Now()
-	err := census.Walk(ctx, a.pool, t, census.Bounds{}, census.DefaultPageSize, func(page []census.Row) error {
+	err := tokentable.Walk(ctx, a.pool, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
 		kids := counter.Add(page)
 		for j, kid := range kids {
 			for _, i := range byOld[kid] {

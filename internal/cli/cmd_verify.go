@@ -10,15 +10,14 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spf13/pflag"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // maxSample bounds --sample: the sample's ids are held in memory.
@@ -41,15 +40,15 @@ type verifyOptions struct {
 	sample, maxFailures int
 }
 
-// Failure classes of verify, beside the engine's parse classes (malformed,
+// Failure classes of verify, beside the engine's classes (tokentable.Class: malformed,
 // truncated, unknown_version, unknown_alg, null_token) for unreadable rows.
 const (
-	failUnderOld     = "under_old"       // the row is still under OLD
-	failAuth         = "auth_failed"     // under NEW, but does not open with its own AAD (moved, altered, other namespace)
-	failKMSRejected  = "kms_rejected"    // KMS refused to unwrap the row's data key under NEW
-	failNoAudit      = "no_audit"        // under NEW, with no token_reencrypted audit row naming OLD → NEW
-	failDuplicate    = "duplicate_audit" // more than one audit row for the row in one run and pass
-	failAuditMissing = "audit_missing"   // the runs count more rotated rows than there are audit rows
+	failUnderOld     = "under_old"                         // the row is still under OLD
+	failAuth         = string(tokentable.ClassAuthFailed)  // under NEW, but does not open with its own AAD (moved, altered, other namespace)
+	failKMSRejected  = string(tokentable.ClassKMSRejected) // KMS refused to unwrap the row's data key under NEW
+	failNoAudit      = "no_audit"                          // under NEW, with no token_reencrypted audit row naming OLD → NEW
+	failDuplicate    = "duplicate_audit"                   // more than one audit row for the row in one run and pass
+	failAuditMissing = "audit_missing"                     // the runs count more rotated rows than there are audit rows
 )
 
 type verifyReport struct {
@@ -100,8 +99,8 @@ type auditCheck struct {
 
 type verifier struct {
 	a        *app
-	db       batch.DB
-	t        *batch.Table
+	db       checkpoint.DB
+	t        *tokentable.Table
 	kc       *kmsclient.Client
 	old, new kmsclient.Key
 	opt      verifyOptions
@@ -152,24 +151,25 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	v.audit = fmt.Sprintf(`
 		SELECT v.id FROM unnest($1::text[]) AS v(id)
 		WHERE NOT EXISTS (
-			SELECT 1 FROM %s a WHERE a.%s = v.id::%s AND a.action = 'token_reencrypted'
-			  AND a.details->>'old_key_arn' = $2 AND a.details->>'new_key_arn' = $3)
+			SELECT 1 FROM %s a WHERE a.%s = v.id::%s AND a.action = '%s'
+			  AND a.details->>'%s' = $2 AND a.details->>'%s' = $3)
 		ORDER BY 1`,
-		pgx.Identifier{t.Spec.Schema, t.Spec.AuditTable}.Sanitize(), pgx.Identifier{t.Spec.AuditIDColumn}.Sanitize(), t.IDType)
+		t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+		tokentable.ActionReencrypted, tokentable.DetailOldKeyARN, tokentable.DetailNewKeyARN)
 	r := &v.rep
 	r.Table, r.OldKeyARN, r.NewKeyARN, r.Sample = t.Qualified(), v.old.ARN, v.new.ARN, o.sample
 	r.FailuresByCls = map[string]int64{}
 	r.Failures = []verifyFailure{}
-	a.log.Info("verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
+	a.log.InfoContext(ctx, "verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
 
 	lastLog := time.Now()
-	err = census.Walk(ctx, v.db, t, census.Bounds{}, census.DefaultPageSize, func(page []census.Row) error {
+	err = tokentable.Walk(ctx, v.db, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
 		if err := v.page(ctx, page, o.sample == 0); err != nil {
 			return err
 		}
 		if time.Since(lastLog) >= progressEvery {
 			lastLog = time.Now()
-			a.log.Info("verify: reading", "rows", r.Rows.Total, "opened", r.Opened, "failures", r.FailuresTotal)
+			a.log.InfoContext(ctx, "verify: reading", "rows", r.Rows.Total, "opened", r.Opened, "failures", r.FailuresTotal)
 		}
 		return nil
 	})
@@ -190,7 +190,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	}
 	r.ElapsedSeconds = round2(time.Since(start).Seconds())
 	v.summarise()
-	a.log.Info("verify finished", "ok", r.OK, "rows", r.Rows.Total, "under_new", r.Rows.UnderNew, "under_old", r.Rows.UnderOld,
+	a.log.InfoContext(ctx, "verify finished", "ok", r.OK, "rows", r.Rows.Total, "under_new", r.Rows.UnderNew, "under_old", r.Rows.UnderOld,
 		"opened", r.Opened, "failures", r.FailuresTotal, "failures_by_class", r.FailuresByCls)
 	if o.json {
 		if err := writeJSON(a.stdout, r); err != nil {
@@ -217,17 +217,17 @@ func (v *verifier) fail(id, class, detail string) {
 
 // page classifies one page of the walk; open says whether rows under NEW
 // are opened now (no sample) or offered to the sample.
-func (v *verifier) page(ctx context.Context, page []census.Row, open bool) error {
-	var under []census.Row
+func (v *verifier) page(ctx context.Context, page []tokentable.Row, open bool) error {
+	var under []tokentable.Row
 	var envs []*envelope.Envelope
 	rows := &v.rep.Rows
 	for _, row := range page {
 		rows.Total++
-		env, class := census.Inspect(row.Token)
+		env, class := tokentable.ParseToken(row.Token)
 		switch {
 		case env == nil:
 			rows.Unreadable++
-			v.fail(row.ID, class, "")
+			v.fail(row.ID, string(class), "")
 		case env.KID == v.old.ARN:
 			rows.UnderOld++
 			v.fail(row.ID, failUnderOld, "")
@@ -270,17 +270,17 @@ func (v *verifier) offer(id string) {
 func (v *verifier) openSample(ctx context.Context) error {
 	slices.SortFunc(v.sample, func(x, y string) int { return census.CompareIDs(v.t.IDType, x, y) })
 	for chunk := range slices.Chunk(v.sample, 1000) {
-		rows, err := census.ReadIDs(ctx, v.db, v.t, chunk)
+		rows, err := tokentable.ReadIDs(ctx, v.db, v.t, chunk)
 		if err != nil {
-			return err
+			return fmt.Errorf("read %d rows of %s: %w", len(chunk), v.t.Qualified(), err)
 		}
-		var under []census.Row
+		var under []tokentable.Row
 		var envs []*envelope.Envelope
 		for _, row := range rows {
-			env, class := census.Inspect(row.Token)
+			env, class := tokentable.ParseToken(row.Token)
 			switch {
 			case env == nil:
-				v.fail(row.ID, class, "changed since it was read under NEW")
+				v.fail(row.ID, string(class), "changed since it was read under NEW")
 			case env.KID == v.new.ARN:
 				under, envs = append(under, row), append(envs, env)
 			case env.KID == v.old.ARN:
@@ -303,7 +303,7 @@ func (v *verifier) openSample(ctx context.Context) error {
 // open unwraps each distinct wrapped key of the rows once (KMS Decrypt under
 // NEW, through the data-key cache) and authenticates every row's token with
 // its own AAD. Plaintexts and data keys are cleared at once.
-func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope.Envelope) error {
+func (v *verifier) open(ctx context.Context, rows []tokentable.Row, envs []*envelope.Envelope) error {
 	groups := map[string][]int{}
 	var order []string
 	for i, e := range envs {
@@ -334,7 +334,7 @@ func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope
 				plain, err := envelope.Open(envs[i], dek, v.a.cfg.Namespace, rows[i].ID)
 				clear(plain)
 				if err != nil {
-					v.fail(rows[i].ID, batch.ErrorClass(err), "")
+					v.fail(rows[i].ID, string(tokentable.OpenClass(err)), "")
 					continue
 				}
 				ok++
@@ -350,7 +350,7 @@ func (v *verifier) open(ctx context.Context, rows []census.Row, envs []*envelope
 }
 
 // checkAudit looks up the OLD → NEW audit row of each row under NEW.
-func (v *verifier) checkAudit(ctx context.Context, rows []census.Row) error {
+func (v *verifier) checkAudit(ctx context.Context, rows []tokentable.Row) error {
 	if v.opt.skipAudit {
 		return nil
 	}
@@ -409,10 +409,10 @@ func (v *verifier) checkAuditCounts(ctx context.Context) error {
 	if ac.Rotated, err = store.RotatedTotal(ctx, ac.RunIDs); err != nil {
 		return err
 	}
-	audit := pgx.Identifier{v.t.Spec.Schema, v.t.Spec.AuditTable}.Sanitize()
-	aid := pgx.Identifier{v.t.Spec.AuditIDColumn}.Sanitize()
+	audit, aid := v.t.QuotedAudit(), v.t.QuotedAuditID()
 	if err := v.db.QueryRow(ctx, fmt.Sprintf(`
-		SELECT count(*) FROM %s WHERE action = 'token_reencrypted' AND details->>'run_id' = ANY($1)`, audit),
+		SELECT count(*) FROM %s WHERE action = '%s' AND details->>'%s' = ANY($1)`,
+		audit, tokentable.ActionReencrypted, tokentable.DetailRunID),
 		ac.RunIDs).Scan(&ac.AuditRows); err != nil {
 		return err
 	}
@@ -423,8 +423,9 @@ func (v *verifier) checkAuditCounts(ctx context.Context) error {
 		ac.Note = "more audit rows than rows counted as rotated: the bookkeeping was reset, or a rollback rotated rows twice"
 	}
 	rows, err := v.db.Query(ctx, fmt.Sprintf(`
-		SELECT %[2]s::text FROM %[1]s WHERE action = 'token_reencrypted' AND details->>'run_id' = ANY($1)
-		GROUP BY %[2]s, details->>'run_id', details->>'pass' HAVING count(*) > 1 ORDER BY 1`, audit, aid), ac.RunIDs)
+		SELECT %[2]s::text FROM %[1]s WHERE action = '%[3]s' AND details->>'%[4]s' = ANY($1)
+		GROUP BY %[2]s, details->>'%[4]s', details->>'%[5]s' HAVING count(*) > 1 ORDER BY 1`,
+		audit, aid, tokentable.ActionReencrypted, tokentable.DetailRunID, tokentable.DetailPass), ac.RunIDs)
 	if err != nil {
 		return err
 	}

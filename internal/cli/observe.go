@@ -26,6 +26,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // progressEvery is the interval between progress log lines (run) and scan
@@ -341,7 +342,7 @@ func (p *progress) logLine() {
 // estimateRows is what a pass reads: the planner's estimate for a big table,
 // an exact count for a small one (where the estimate is often missing right
 // after a bulk load). 0 when neither is available in time.
-func estimateRows(ctx context.Context, db batch.DB, spec batch.TableSpec) int64 {
+func estimateRows(ctx context.Context, db batch.DB, spec tokentable.Spec) int64 {
 	if db == nil {
 		return 0
 	}

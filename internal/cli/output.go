@@ -17,6 +17,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // writeJSON prints v indented, for `--json`.
@@ -85,7 +86,7 @@ func round2(f float64) float64 {
 }
 
 // inspectTable opens the database and checks the configured token table.
-func (a *app) inspectTable(ctx context.Context) (*batch.Table, error) {
+func (a *app) inspectTable(ctx context.Context) (*tokentable.Table, error) {
 	db, err := a.db(ctx)
 	if err != nil {
 		return nil, err
@@ -93,7 +94,7 @@ func (a *app) inspectTable(ctx context.Context) (*batch.Table, error) {
 	if err := db.Ping(ctx); err != nil {
 		return nil, tempErr(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
 	}
-	return batch.Inspect(ctx, db, a.tableSpec())
+	return tokentable.Inspect(ctx, db, a.tableSpec())
 }
 
 // resolveKey resolves a configured key reference to its ARN with one

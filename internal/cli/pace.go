@@ -11,9 +11,9 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/spf13/pflag"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/pacer"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func init() {
@@ -138,7 +138,7 @@ func printPods(w io.Writer, pods []checkpoint.PacerReport) {
 
 // startPacer builds this process's pacer and runs it until stop is called
 // (after the engine has finished: it goes on through a graceful stop).
-func (a *app) startPacer(ctx context.Context, db *pgxpool.Pool, store *checkpoint.Store, t *batch.Table) (*pacer.Pacer, func(), error) {
+func (a *app) startPacer(ctx context.Context, db *pgxpool.Pool, store *checkpoint.Store, t *tokentable.Table) (*pacer.Pacer, func(), error) {
 	var replicas []pacer.Querier
 	var pools []*pgxpool.Pool
 	closeAll := func() {

@@ -4,6 +4,8 @@
 // A process joins the run's current pass (package checkpoint), claims ranges
 // of the keyspace under a fenced lease and walks each range in keyset pages
 // (id > cursor AND id <= upper ORDER BY id LIMIT n), reading without locks.
+// The table, its pages and the audit rows' shape are package tokentable's;
+// this package is the writer on top of them.
 // A bounded worker pool does the KMS and AES work for a page with no
 // transaction open; then one transaction fences the lease, swaps the tokens
 // with a compare-and-swap on the ciphertext that was read, writes one audit
@@ -30,12 +32,12 @@
 //  8. No secrets leak: data keys are zeroed after use and redact themselves;
 //     errors carry row ids and classes only.
 //
-// A nil error from Run is half of the proof behind exit 0: Inspect refuses
-// an id column that allows NULL (the cursor never reads a NULL id), Run
-// fails transiently when it cannot read the finished pass's totals, and
-// after the last conflict retry only rows still under OLD count as
-// conflicted. The other half is the command's full recount of the rows
-// under OLD (package census), which this package cannot import.
+// A nil error from Run is half of the proof behind exit 0:
+// tokentable.Inspect refuses an id column that allows NULL (the cursor never
+// reads a NULL id), Run fails transiently when it cannot read the finished
+// pass's totals, and after the last conflict retry only rows still under OLD
+// count as conflicted. The other half is the command's full recount of the
+// rows under OLD (package census), independent of the engine's own counts.
 //
 // Ranges are cut at row positions up to exactPlanMaxRows, and above it at
 // quantiles of a page sample of the real ids (plan.go).

@@ -3,7 +3,6 @@ package batch
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +14,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // DB is what the engine needs from Postgres; *pgxpool.Pool fits.
@@ -34,7 +34,7 @@ const (
 
 // Config is the engine's tuning. Zero values take the defaults below.
 type Config struct {
-	Table     *Table
+	Table     *tokentable.Table
 	Old, New  kmsclient.Key
 	Mode      Mode
 	Namespace string
@@ -185,10 +185,8 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 		return Summary{}, err
 	}
 	e.run = run
-	e.details, _ = json.Marshal(map[string]any{
-		"run_id": run.ID, "pass": run.Pass, "mode": e.cfg.Mode,
-		"old_key_arn": e.cfg.Old.ARN, "new_key_arn": e.cfg.New.ARN,
-	})
+	e.details = tokentable.AuditDetails{RunID: run.ID, Pass: run.Pass, Mode: string(e.cfg.Mode),
+		OldKeyARN: e.cfg.Old.ARN, NewKeyARN: e.cfg.New.ARN}.JSON()
 	log := e.log.With("run_id", run.ID, "pass", run.Pass)
 	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
 		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)

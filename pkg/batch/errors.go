@@ -8,11 +8,14 @@ import (
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // ErrConfig marks a configuration the engine refuses before its first write:
-// retrying will not help, a human must fix it.
-var ErrConfig = errors.New("configuration refused")
+// retrying will not help, a human must fix it. It is tokentable.ErrConfig,
+// so that the table's own refusals (Inspect) match it too.
+var ErrConfig = tokentable.ErrConfig
 
 // ErrInterrupted means the run stopped on a signal with work left; rerun it.
 var ErrInterrupted = errors.New("run interrupted")

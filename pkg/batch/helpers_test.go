@@ -18,6 +18,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // countingKMS counts the calls that do rotation work.
@@ -84,7 +85,7 @@ func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 	if o.logs == nil {
 		o.logs = testWriter(t)
 	}
-	table, err := batch.Inspect(ctx, o.db, e.Spec())
+	table, err := tokentable.Inspect(ctx, o.db, e.Spec())
 	if err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: inspect: %w", err)
 	}

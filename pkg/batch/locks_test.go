@@ -13,6 +13,7 @@ import (
 	"github.com/reencrypt/reencrypt/internal/testbed"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // TestSwapLocksInIDOrder: the compare-and-swap locks a page's rows in id
@@ -38,7 +39,7 @@ func TestSwapLocksInIDOrder(t *testing.T) {
 	for i, id := range page {
 		olds[i] = e.Token(id)
 	}
-	tbl, err := batch.Inspect(ctx, e.DB, e.Spec())
+	tbl, err := tokentable.Inspect(ctx, e.DB, e.Spec())
 	if err != nil {
 		t.Fatal(err)
 	}

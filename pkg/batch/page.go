@@ -16,16 +16,12 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // errSelfCheck means a freshly sealed token did not open to the plaintext it
 // came from: a bug, never written, and the run stops.
 var errSelfCheck = errors.New("self-check failed: a re-encrypted token does not open to its plaintext")
-
-type row struct {
-	id    string
-	token []byte // nil when the column is NULL
-}
 
 type outcome uint8
 
@@ -40,7 +36,7 @@ const (
 type result struct {
 	outcome  outcome
 	newToken []byte
-	class    string // quarantine class
+	class    tokentable.Class // quarantine class
 }
 
 // page reads the next page of the range, rotates it and commits it. It
@@ -65,7 +61,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	var rotateTook, commitTook time.Duration // for the page's debug line
 	var last *string
 	if len(rows) > 0 {
-		last = &rows[len(rows)-1].id
+		last = &rows[len(rows)-1].ID
 		if from != nil && *last == *from {
 			return false, fmt.Errorf("cursor did not advance past %q", *from)
 		}
@@ -127,7 +123,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 			}
 			total = total.Add(counts)
 			if len(left) > 0 {
-				log.Warn("rows kept changing under the live API; left for the next pass", "rows", len(left))
+				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
 			}
 			break
 		}
@@ -141,7 +137,7 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		e.cfg.Pacer.AfterPage(commitTook)
 	}
 	e.metrics.PageDuration.Observe(took.Seconds())
-	log.Debug("page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
+	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
 		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())
 	e.metrics.LastSuccess.SetToCurrentTime()
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
@@ -158,16 +154,12 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 // settle classifies rows re-read after the last conflict retry without
 // rotating them: those still under OLD become conflicts (the next pass takes
 // them), the others are counted as rotate would count them.
-func (e *Engine) settle(ctx context.Context, rows []row) ([]result, error) {
+func (e *Engine) settle(ctx context.Context, rows []tokentable.Row) ([]result, error) {
 	res := make([]result, len(rows))
 	for i, r := range rows {
-		if r.token == nil {
-			res[i] = result{outcome: outQuarantine, class: "null_token"}
-			continue
-		}
-		env, err := envelope.Parse(r.token)
-		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+		env, class := tokentable.ParseToken(r.Token)
+		if env == nil {
+			res[i] = result{outcome: outQuarantine, class: class}
 			continue
 		}
 		kid, err := e.keyOf(ctx, env.KID)
@@ -185,51 +177,34 @@ func (e *Engine) settle(ctx context.Context, rows []row) ([]result, error) {
 	return res, nil
 }
 
-func (e *Engine) readPage(ctx context.Context, lower, upper *string) ([]row, error) {
-	rs, err := e.db.Query(ctx, e.sql.read(lower, upper), lower, upper, e.cfg.BatchSize)
+func (e *Engine) readPage(ctx context.Context, lower, upper *string) ([]tokentable.Row, error) {
+	rows, err := tokentable.ReadPage(ctx, e.db, e.cfg.Table, tokentable.Bounds{Lower: lower, Upper: upper}, e.cfg.BatchSize)
 	if err != nil {
 		return nil, fmt.Errorf("read page: %w", err)
 	}
-	return collectRows(rs, e.cfg.BatchSize)
+	return rows, nil
 }
 
-func (e *Engine) readIDs(ctx context.Context, ids []string) ([]row, error) {
-	rs, err := e.db.Query(ctx, e.sql.readIDs, ids)
+func (e *Engine) readIDs(ctx context.Context, ids []string) ([]tokentable.Row, error) {
+	rows, err := tokentable.ReadIDs(ctx, e.db, e.cfg.Table, ids)
 	if err != nil {
 		return nil, fmt.Errorf("re-read %d changed rows: %w", len(ids), err)
 	}
-	return collectRows(rs, len(ids))
-}
-
-func collectRows(rs pgx.Rows, capacity int) ([]row, error) {
-	defer rs.Close()
-	out := make([]row, 0, capacity)
-	for rs.Next() {
-		var r row
-		if err := rs.Scan(&r.id, &r.token); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rs.Err()
+	return rows, nil
 }
 
 // rotate classifies rows and computes new tokens for those under OLD. It
 // holds no transaction. Row problems become quarantine results; an error
 // means the page must be rolled back (and is retried when transient).
-func (e *Engine) rotate(ctx context.Context, rows []row, sealer **envelope.Sealer) ([]result, error) {
+func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **envelope.Sealer) ([]result, error) {
 	res := make([]result, len(rows))
 	envs := make([]*envelope.Envelope, len(rows))
 	groups := map[string][]int{} // wrapped data key → rows sharing it
 	var order []string
 	for i, r := range rows {
-		if r.token == nil {
-			res[i] = result{outcome: outQuarantine, class: "null_token"}
-			continue
-		}
-		env, err := envelope.Parse(r.token)
-		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+		env, class := tokentable.ParseToken(r.Token)
+		if env == nil {
+			res[i] = result{outcome: outQuarantine, class: class}
 			continue
 		}
 		kid, err := e.keyOf(ctx, env.KID)
@@ -322,11 +297,11 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 // rekeyGroup unwraps one data key under OLD and re-seals every row that uses
 // it under the page's data key, checking each result opens again.
 func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
-	rows []row, envs []*envelope.Envelope, res []result) error {
+	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
 	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
-			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
 		}
 		return nil
 	}
@@ -336,10 +311,10 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 	defer dek.Zero()
 	ns := e.cfg.Namespace
 	for _, i := range idx {
-		id := rows[i].id
+		id := rows[i].ID
 		plain, err := envelope.Open(envs[i], dek, ns, id)
 		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: openClass(err)}
+			res[i] = result{outcome: outQuarantine, class: tokentable.OpenClass(err)}
 			continue
 		}
 		fresh, err := sealer.Seal(ns, id, plain)
@@ -366,11 +341,11 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 // rewrapGroup has KMS move one wrapped data key from OLD to NEW and gives
 // every row that uses it the new kid and wdek; nonce and ciphertext stay.
 func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
-	rows []row, envs []*envelope.Envelope, res []result) error {
+	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
 	newWDEK, err := e.kms.ReEncrypt(ctx, wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
-			res[i] = result{outcome: outQuarantine, class: "kms_rejected"}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
 		}
 		return nil
 	}
@@ -380,37 +355,16 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 	for _, i := range idx {
 		fresh, err := envs[i].Rewrap(e.cfg.New.ARN, newWDEK)
 		if err != nil {
-			res[i] = result{outcome: outQuarantine, class: parseClass(err)}
+			res[i] = result{outcome: outQuarantine, class: tokentable.ParseClass(err)}
 			continue
 		}
 		b, err := fresh.Marshal()
 		if err != nil {
-			return fmt.Errorf("marshal row %s: %w", rows[i].id, err)
+			return fmt.Errorf("marshal row %s: %w", rows[i].ID, err)
 		}
 		res[i] = result{outcome: outRotate, newToken: b}
 	}
 	return nil
-}
-
-func parseClass(err error) string {
-	switch {
-	case errors.Is(err, envelope.ErrVersion):
-		return "unknown_version"
-	case errors.Is(err, envelope.ErrAlg):
-		return "unknown_alg"
-	case errors.Is(err, envelope.ErrTruncated), errors.Is(err, envelope.ErrCiphertextShort):
-		return "truncated"
-	case errors.Is(err, envelope.ErrMalformed):
-		return "malformed"
-	}
-	return "unreadable"
-}
-
-func openClass(err error) string {
-	if errors.Is(err, envelope.ErrAuth) {
-		return "auth_failed" // wrong row, wrong namespace or altered bytes
-	}
-	return parseClass(err)
 }
 
 // commit writes one page in one transaction: fence, compare-and-swap of the
@@ -418,7 +372,7 @@ func openClass(err error) string {
 // the ids whose swap found a different token (changed by the live API), and
 // those of outConflict rows. The cursor moves to last only when there are no
 // such rows, or on the final try.
-func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, res []result,
+func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokentable.Row, res []result,
 	last *string, done, finalTry bool) (checkpoint.Counts, []string, error) {
 	var c checkpoint.Counts
 	var ids []string
@@ -428,16 +382,16 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	for i, r := range res {
 		switch r.outcome {
 		case outConflict:
-			stale = append(stale, rows[i].id)
+			stale = append(stale, rows[i].ID)
 		case outSkip:
 			c.Skipped++
 		case outOtherKey:
 			c.OtherKey++
 		case outQuarantine:
-			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].id, Class: r.class})
+			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
 		case outRotate:
-			ids = append(ids, rows[i].id)
-			olds = append(olds, rows[i].token)
+			ids = append(ids, rows[i].ID)
+			olds = append(olds, rows[i].Token)
 			news = append(news, r.newToken)
 		}
 	}
@@ -525,7 +479,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []row, re
 	}
 	hook(ctx, e.cfg.Hooks.AfterCommit)
 	for _, q := range bad {
-		e.log.Warn("row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
+		e.log.WarnContext(ctx, "row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}
 	return c, conflicts, nil
 }

@@ -8,6 +8,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // exactPlanMaxRows is the largest table (by the planner's estimate) that
@@ -29,20 +30,20 @@ const exactPlanMaxRows = 10_000_000
 // even when the ids are not spread evenly over the key space. Either way the
 // first range has no lower bound and the last no upper bound, so rows
 // inserted later are still read.
-func planRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkpoint.Bounds, error) {
+func planRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) ([]checkpoint.Bounds, error) {
 	return planRangesAbove(ctx, db, t, n, pageRows, exactPlanMaxRows)
 }
 
 // planRangesAbove is planRanges with the exact planner's threshold given:
 // tests cut a small table the way a large one is cut.
-func planRangesAbove(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
+func planRangesAbove(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
 	b, _, err := cutRanges(ctx, db, t, n, pageRows, exactMax)
 	return b, err
 }
 
 // cutRanges is planRanges, also saying whether the ranges hold whole
 // pages (cut at row positions).
-func cutRanges(ctx context.Context, db DB, t *Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, bool, error) {
+func cutRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, bool, error) {
 	n = max(n, 1)
 	estimate, err := rowEstimate(ctx, db, t)
 	if err != nil {
@@ -70,24 +71,24 @@ type RangePlan struct {
 // PlanRanges cuts the table as a new pass of the run will (the engine's own
 // planRanges, with the run's RANGES and BATCH_SIZE), for `plan` to count
 // the pages and data keys the run will really make. It only reads.
-func PlanRanges(ctx context.Context, db DB, t *Table, n, pageRows int) (RangePlan, error) {
+func PlanRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) (RangePlan, error) {
 	b, whole, err := cutRanges(ctx, db, t, n, pageRows, exactPlanMaxRows)
 	return RangePlan{Ranges: len(b), WholePages: whole}, err
 }
 
 // rowEstimate is the planner's row count of t (pg_class.reltuples): -1
 // before the table's first VACUUM or ANALYZE.
-func rowEstimate(ctx context.Context, db DB, t *Table) (float64, error) {
+func rowEstimate(ctx context.Context, db DB, t *tokentable.Table) (float64, error) {
 	var n float64
-	err := db.QueryRow(ctx, `SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&n)
+	err := db.QueryRow(ctx, `SELECT reltuples::float8 FROM pg_class WHERE oid = $1::regclass`, t.QuotedName()).Scan(&n)
 	return n, err
 }
 
 // rowRanges cuts the table every step rows, step being the smallest whole
 // number of pages that makes at most n ranges.
-func rowRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkpoint.Bounds, error) {
+func rowRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) ([]checkpoint.Bounds, error) {
 	var rows int64
-	if err := db.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s`, t.qname)).Scan(&rows); err != nil {
+	if err := db.QueryRow(ctx, fmt.Sprintf(`SELECT count(*) FROM %s`, t.QuotedName())).Scan(&rows); err != nil {
 		return nil, fmt.Errorf("count rows of %s: %w", t.Qualified(), err)
 	}
 	step, cuts := rangeStep(rows, n, pageRows)
@@ -98,7 +99,7 @@ func rowRanges(ctx context.Context, db DB, t *Table, n, pageRows int) ([]checkpo
 		SELECT id FROM (
 			SELECT t.%[1]s::text AS id, row_number() OVER (ORDER BY t.%[1]s) AS n FROM %[2]s AS t
 		) AS numbered
-		WHERE n %% $1 = 0 ORDER BY n LIMIT $2`, t.qid, t.qname), step, cuts)
+		WHERE n %% $1 = 0 ORDER BY n LIMIT $2`, t.QuotedID(), t.QuotedName()), step, cuts)
 	if err != nil {
 		return nil, fmt.Errorf("read range bounds of %s: %w", t.Qualified(), err)
 	}
@@ -133,12 +134,12 @@ const samplePagesPerRange = 100
 // ranges hold similar row counts whatever the ids: time-ordered UUIDv7,
 // integers with gaps or outliers. Cut evenly over the key space instead,
 // every UUIDv7 of a year falls in one range of 64.
-func quantileRanges(ctx context.Context, db DB, t *Table, n int) ([]checkpoint.Bounds, error) {
+func quantileRanges(ctx context.Context, db DB, t *tokentable.Table, n int) ([]checkpoint.Bounds, error) {
 	if n == 1 {
 		return []checkpoint.Bounds{{}}, nil
 	}
 	var pages float64
-	if err := db.QueryRow(ctx, `SELECT relpages::float8 FROM pg_class WHERE oid = $1::regclass`, t.qname).Scan(&pages); err != nil {
+	if err := db.QueryRow(ctx, `SELECT relpages::float8 FROM pg_class WHERE oid = $1::regclass`, t.QuotedName()).Scan(&pages); err != nil {
 		return nil, fmt.Errorf("read the size of %s: %w", t.Qualified(), err)
 	}
 	percent := 100.0
@@ -152,7 +153,7 @@ func quantileRanges(ctx context.Context, db DB, t *Table, n int) ([]checkpoint.B
 	var cuts []string
 	err := db.QueryRow(ctx, fmt.Sprintf(`
 		SELECT coalesce(percentile_disc($1::float8[]) WITHIN GROUP (ORDER BY t.%[1]s)::text[], '{}')
-		FROM %[2]s AS t TABLESAMPLE SYSTEM ($2) WHERE t.%[1]s IS NOT NULL`, t.qid, t.qname), fractions, percent).Scan(&cuts)
+		FROM %[2]s AS t TABLESAMPLE SYSTEM ($2) WHERE t.%[1]s IS NOT NULL`, t.QuotedID(), t.QuotedName()), fractions, percent).Scan(&cuts)
 	if err != nil {
 		return nil, fmt.Errorf("sample the ids of %s: %w", t.Qualified(), err)
 	}

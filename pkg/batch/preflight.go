@@ -9,12 +9,13 @@ import (
 
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // Checked is what Preflight established: the table as it is, both keys
 // resolved to ARNs, and how long one KMS call takes from here.
 type Checked struct {
-	Table      *Table
+	Table      *tokentable.Table
 	Old, New   kmsclient.Key
 	KMSLatency time.Duration // mean of the round trip's two calls
 }
@@ -26,8 +27,8 @@ type Checked struct {
 // sampled rows under OLD actually open with this namespace (rekey) or are
 // re-encrypted by KMS with it (rewrap). It writes nothing. When the only
 // refusal is a NULL-able id column, it returns the Checked along with the
-// *NullableIDError.
-func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
+// *tokentable.NullableIDError.
+func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable.Spec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
 	if oldRef == "" || newRef == "" {
 		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
 	}
@@ -37,8 +38,8 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec TableSpec,
 	if err := db.QueryRow(ctx, `SELECT 1`).Scan(new(int)); err != nil {
 		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
 	}
-	t, err := Inspect(ctx, db, spec)
-	var nullable *NullableIDError
+	t, err := tokentable.Inspect(ctx, db, spec)
+	var nullable *tokentable.NullableIDError
 	if err != nil && !errors.As(err, &nullable) {
 		return nil, err
 	}
@@ -122,7 +123,7 @@ func keyOrTransient(err error) error {
 // configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong, and running
 // would only quarantine the whole table: refuse instead. A few bad rows, even
 // the first ones in the heap, do not stop the run: they are quarantined.
-func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, newARN, ns string) error {
+func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.Table, oldARN, newARN, ns string) error {
 	sample, err := sampleRows(ctx, db, t)
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))
@@ -130,7 +131,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 	const maxTries, minTries = 12, 5
 	tried := 0
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != oldARN {
 			continue
 		}
@@ -140,7 +141,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 			return keyOrTransient(fmt.Errorf("sample decrypt under the old key: %w", err))
 		}
 		if err == nil {
-			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			plain, oerr := envelope.Open(env, dek, ns, r.ID)
 			clear(plain)
 			dek.Zero()
 			if oerr == nil {
@@ -166,7 +167,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldAR
 // sample opens with this namespace: then the namespace is right and the
 // rejected rows are bad rows, which the run quarantines (a rerun that only
 // has bad rows left under OLD must end with 65, not be refused).
-func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, oldARN, newARN, ns string) error {
+func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.Table, oldARN, newARN, ns string) error {
 	sample, err := sampleRows(ctx, db, t)
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))
@@ -174,7 +175,7 @@ func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, ol
 	const maxTries = 3
 	tried := map[string]bool{}
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != oldARN || tried[string(env.WDEK)] {
 			continue
 		}
@@ -199,12 +200,12 @@ func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *Table, ol
 // sampleRows reads up to 200 rows from the start of the table and up to 200
 // from random pages (TABLESAMPLE SYSTEM, sized from the planner's row
 // estimate so that a huge table is not scanned).
-func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
-	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`, t.qid, t.qtoken, t.qname))
+func sampleRows(ctx context.Context, db DB, t *tokentable.Table) ([]tokentable.Row, error) {
+	first, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`, t.QuotedID(), t.QuotedToken(), t.QuotedName()))
 	if err != nil {
 		return nil, err
 	}
-	sample, err := collectRows(first, 400)
+	sample, err := tokentable.CollectRows(first, 400)
 	if err != nil {
 		return nil, err
 	}
@@ -217,16 +218,16 @@ func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
 		percent = min(100, max(0.0001, 2000/estimate*100))
 	}
 	spread, err := db.Query(ctx, fmt.Sprintf(`SELECT %s::text, %s FROM %s TABLESAMPLE SYSTEM ($1) WHERE %[2]s IS NOT NULL AND %[1]s IS NOT NULL LIMIT 200`,
-		t.qid, t.qtoken, t.qname), percent)
+		t.QuotedID(), t.QuotedToken(), t.QuotedName()), percent)
 	if err != nil {
 		return nil, err
 	}
-	more, err := collectRows(spread, 200)
+	more, err := tokentable.CollectRows(spread, 200)
 	if err != nil {
 		return nil, err
 	}
 	// Interleave so that the tries are spread over both halves.
-	out := make([]row, 0, len(sample)+len(more))
+	out := make([]tokentable.Row, 0, len(sample)+len(more))
 	for i := 0; i < max(len(sample), len(more)); i++ {
 		if i < len(more) {
 			out = append(out, more[i])
@@ -240,16 +241,16 @@ func sampleRows(ctx context.Context, db DB, t *Table) ([]row, error) {
 
 // anyOpens reports whether one of the first three tokens under keyARN in
 // sample opens with namespace ns.
-func anyOpens(ctx context.Context, kc *kmsclient.Client, sample []row, keyARN, ns string) bool {
+func anyOpens(ctx context.Context, kc *kmsclient.Client, sample []tokentable.Row, keyARN, ns string) bool {
 	tried := 0
 	for _, r := range sample {
-		env, err := envelope.Parse(r.token)
+		env, err := envelope.Parse(r.Token)
 		if err != nil || env.KID != keyARN {
 			continue
 		}
 		dek, err := kc.Decrypt(ctx, keyARN, env.WDEK)
 		if err == nil {
-			plain, oerr := envelope.Open(env, dek, ns, r.id)
+			plain, oerr := envelope.Open(env, dek, ns, r.ID)
 			clear(plain)
 			dek.Zero()
 			if oerr == nil {

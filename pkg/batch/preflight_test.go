@@ -15,6 +15,7 @@ import (
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // TestPreflightRefuses: every configuration the issue lists as bad is
@@ -25,7 +26,7 @@ func TestPreflightRefuses(t *testing.T) {
 	t.Parallel()
 	type setup struct {
 		db        batch.DB
-		spec      batch.TableSpec
+		spec      tokentable.Spec
 		old, new  string
 		namespace string
 	}

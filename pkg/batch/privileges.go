@@ -4,22 +4,26 @@ import (
 	"context"
 	"fmt"
 	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // CheckWritePrivileges refuses (ErrConfig), before any write, a role that
 // lacks a privilege `run` needs on the token and audit tables, naming every
 // GRANT missing (docs/privileges.md). Without it the first page's swap
 // would be refused after the run was already recorded.
-func CheckWritePrivileges(ctx context.Context, db DB, t *Table) error {
+func CheckWritePrivileges(ctx context.Context, db DB, t *tokentable.Table) error {
 	s := t.Spec
 	need := []struct{ table, qtable, column, priv string }{
-		{s.Name, t.qname, s.IDColumn, "SELECT"},
-		{s.Name, t.qname, s.TokenColumn, "SELECT"},
-		{s.Name, t.qname, s.TokenColumn, "UPDATE"},
-		{s.AuditTable, t.qaudit, s.AuditIDColumn, "INSERT"},
-		{s.AuditTable, t.qaudit, "action", "INSERT"},
-		{s.AuditTable, t.qaudit, "actor_type", "INSERT"},
-		{s.AuditTable, t.qaudit, "details", "INSERT"},
+		{s.Name, t.QuotedName(), s.IDColumn, "SELECT"},
+		{s.Name, t.QuotedName(), s.TokenColumn, "SELECT"},
+		{s.Name, t.QuotedName(), s.TokenColumn, "UPDATE"},
+		{s.AuditTable, t.QuotedAudit(), s.AuditIDColumn, "INSERT"},
+		{s.AuditTable, t.QuotedAudit(), "action", "INSERT"},
+		{s.AuditTable, t.QuotedAudit(), "actor_type", "INSERT"},
+		{s.AuditTable, t.QuotedAudit(), "details", "INSERT"},
 	}
 	var role string
 	var missing []string
@@ -47,3 +51,5 @@ func CheckWritePrivileges(ctx context.Context, db DB, t *Table) error {
 	}
 	return nil
 }
+
+func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
 	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // TestRangesHoldSimilarRowCounts: a table above the exact planner's
@@ -38,7 +39,7 @@ func TestRangesHoldSimilarRowCounts(t *testing.T) {
 			e.Exec(tc.insert, rows)
 			e.Exec(`ANALYZE payment_methods`)
 			ctx := context.Background()
-			table, err := batch.Inspect(ctx, e.DB, e.Spec())
+			table, err := tokentable.Inspect(ctx, e.DB, e.Spec())
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,33 +1,22 @@
 package batch
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
+)
 
 // statements are the engine's SQL for one table, built once from quoted
-// identifiers. Values always travel as parameters.
+// identifiers; the audit rows follow tokentable's audit contract. Values
+// always travel as parameters. The keyset reads are
+// tokentable's (ReadPage, ReadIDs).
 type statements struct {
-	readFrom, readBetween, readTo, readAll string // keyset pages, by which bounds are set
-	readIDs                                string // re-read rows that changed under us
-	swap                                   string // compare-and-swap of tokens + audit rows
-	auditFailed                            string // audit rows for newly quarantined rows
+	swap        string // compare-and-swap of tokens + audit rows
+	auditFailed string // audit rows for newly quarantined rows
 }
 
-func newStatements(t *Table) statements {
-	sel := fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s AS t`, t.qid, t.qtoken, t.qname)
-	// Order by the column itself (t.id), not by the name "id": a bare name in
-	// ORDER BY means the output column first, which is id::text, and integer
-	// ids in text order ("10" < "9") would make the keyset cursor skip rows.
-	order := fmt.Sprintf(` ORDER BY t.%s LIMIT $3`, t.qid)
-	lower := fmt.Sprintf(`%s > $1::text::%s`, t.qid, t.IDType)
-	upper := fmt.Sprintf(`%s <= $2::text::%s`, t.qid, t.IDType)
+func newStatements(t *tokentable.Table) statements {
 	return statements{
-		// Every variant takes $1 (lower), $2 (upper), $3 (limit) so callers
-		// pass the same arguments; unused ones are compared with NULL.
-		readBetween: sel + ` WHERE ` + lower + ` AND ` + upper + order,
-		readFrom:    sel + ` WHERE ` + lower + ` AND $2::text IS NULL` + order,
-		readTo:      sel + ` WHERE $1::text IS NULL AND ` + upper + order,
-		readAll:     sel + ` WHERE $1::text IS NULL AND $2::text IS NULL` + order,
-		readIDs: fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s WHERE %[1]s = ANY($1::text[]::%[4]s[]) ORDER BY %[1]s`,
-			t.qid, t.qtoken, t.qname, t.IDType),
 		// The WHERE compares the token with the one we read: a row the live
 		// API rewrote meanwhile is not overwritten; it is re-read instead.
 		// The page's rows are first locked in id order ("locked", run whole
@@ -49,26 +38,16 @@ func newStatements(t *Table) statements {
 				RETURNING t.%[2]s
 			), audited AS (
 				INSERT INTO %[4]s (%[5]s, action, actor_type, details)
-				SELECT %[2]s, 'token_reencrypted', 'system', $4::jsonb FROM swapped
+				SELECT %[2]s, '%[7]s', '%[8]s', $4::jsonb FROM swapped
 			)
 			SELECT %[2]s::text FROM swapped`,
-			t.qname, t.qid, t.qtoken, t.qaudit, t.qauditID, t.IDType),
+			t.QuotedName(), t.QuotedID(), t.QuotedToken(), t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+			tokentable.ActionReencrypted, tokentable.ActorSystem),
 		auditFailed: fmt.Sprintf(`
 			INSERT INTO %[1]s (%[2]s, action, actor_type, details)
-			SELECT v.id::%[3]s, 'token_reencrypt_failed', 'system', $3::jsonb || jsonb_build_object('error_class', v.class)
+			SELECT v.id::%[3]s, '%[4]s', '%[5]s', $3::jsonb || jsonb_build_object('%[6]s', v.class)
 			FROM unnest($1::text[], $2::text[]) AS v(id, class)`,
-			t.qaudit, t.qauditID, t.IDType),
+			t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
+			tokentable.ActionReencryptFailed, tokentable.ActorSystem, tokentable.DetailErrorClass),
 	}
-}
-
-func (s statements) read(lower, upper *string) string {
-	switch {
-	case lower != nil && upper != nil:
-		return s.readBetween
-	case lower != nil:
-		return s.readFrom
-	case upper != nil:
-		return s.readTo
-	}
-	return s.readAll
 }

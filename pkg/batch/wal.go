@@ -2,9 +2,10 @@ package batch
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // WALSample is the write-ahead log one sample page of the run wrote.
@@ -31,7 +32,7 @@ func (s WALSample) PerRow() float64 {
 // audit rows and the full-page images of pages not written since the last
 // checkpoint. Row locks are taken for the sample's length only, bounded by
 // lockTimeout; rows the live API holds are skipped, not waited for.
-func SampleWAL(ctx context.Context, db DB, t *Table, rows int, lockTimeout string) (s WALSample, err error) {
+func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTimeout string) (s WALSample, err error) {
 	tx, err := db.Begin(ctx)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: %w", err)
@@ -41,11 +42,11 @@ func SampleWAL(ctx context.Context, db DB, t *Table, rows int, lockTimeout strin
 		return s, fmt.Errorf("sample WAL: %w", err)
 	}
 	rs, err := tx.Query(ctx, fmt.Sprintf(`SELECT %[1]s::text, %[2]s FROM %[3]s WHERE %[2]s IS NOT NULL ORDER BY %[1]s LIMIT $1 FOR UPDATE SKIP LOCKED`,
-		t.qid, t.qtoken, t.qname), rows)
+		t.QuotedID(), t.QuotedToken(), t.QuotedName()), rows)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: read a page: %w", err)
 	}
-	page, err := collectRows(rs, rows)
+	page, err := tokentable.CollectRows(rs, rows)
 	if err != nil {
 		return s, fmt.Errorf("sample WAL: read a page: %w", err)
 	}
@@ -54,13 +55,13 @@ func SampleWAL(ctx context.Context, db DB, t *Table, rows int, lockTimeout strin
 	}
 	ids, tokens := make([]string, len(page)), make([][]byte, len(page))
 	for i, r := range page {
-		ids[i], tokens[i] = r.id, r.token
+		ids[i], tokens[i] = r.ID, r.Token
 	}
-	details, _ := json.Marshal(map[string]any{ // the size of the run's own
-		"run_id": "0000000000000000", "pass": 1, "mode": string(Rewrap),
-		"old_key_arn": "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
-		"new_key_arn": "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
-	})
+	details := tokentable.AuditDetails{ // the size of the run's own
+		RunID: "0000000000000000", Pass: 1, Mode: string(Rewrap),
+		OldKeyARN: "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
+		NewKeyARN: "arn:aws:kms:xx-xxxx-0:000000000000:key/00000000-0000-0000-0000-000000000000",
+	}.JSON()
 	var before, after int64
 	const position = `SELECT (pg_catalog.pg_current_wal_insert_lsn() - '0/0'::pg_catalog.pg_lsn)::int8`
 	if err := tx.QueryRow(ctx, position).Scan(&before); err != nil {

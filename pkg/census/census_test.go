@@ -9,14 +9,14 @@ import (
 	"testing"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
-func inspect(t *testing.T, e *fixture.Env) *batch.Table {
+func inspect(t *testing.T, e *fixture.Env) *tokentable.Table {
 	t.Helper()
-	tbl, err := batch.Inspect(context.Background(), e.DB, batch.TableSpec{Schema: "public", Name: "payment_methods",
+	tbl, err := tokentable.Inspect(context.Background(), e.DB, tokentable.Spec{Schema: "public", Name: "payment_methods",
 		IDColumn: "id", TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"})
 	if err != nil {
 		t.Fatal(err)
@@ -25,55 +25,6 @@ func inspect(t *testing.T, e *fixture.Env) *batch.Table {
 }
 
 func ptr(s string) *string { return &s }
-
-// TestWalkOrderAndBounds: integer ids are paged in numeric order (not the
-// text order of id::text, which would make the keyset cursor skip rows), each
-// row exactly once, and bounds are (lower, upper].
-func TestWalkOrderAndBounds(t *testing.T) {
-	e := fixture.New(t, "bigint")
-	e.Seed(1234, e.Old, 7) // ids 1..1234
-	tbl := inspect(t, e)
-	ctx := context.Background()
-	cases := []struct {
-		name      string
-		b         census.Bounds
-		first     int
-		last      int
-		pageSize  int
-		wantPages int
-	}{
-		{"whole table", census.Bounds{}, 1, 1234, 100, 13},
-		{"from", census.Bounds{Lower: ptr("1200")}, 1201, 1234, 10, 4},
-		{"to", census.Bounds{Upper: ptr("95")}, 1, 95, 10, 10},
-		{"between", census.Bounds{Lower: ptr("100"), Upper: ptr("555")}, 101, 555, 100, 5},
-		{"exact pages", census.Bounds{Lower: ptr("0"), Upper: ptr("300")}, 1, 300, 100, 3}, // the empty 4th page is not passed on
-	}
-	for _, c := range cases {
-		t.Run(c.name, func(t *testing.T) {
-			next, pages := c.first, 0
-			err := census.Walk(ctx, e.DB, tbl, c.b, c.pageSize, func(page []census.Row) error {
-				pages++
-				for _, r := range page {
-					if r.ID != strconv.Itoa(next) {
-						return fmt.Errorf("got id %s, want %d", r.ID, next)
-					}
-					next++
-				}
-				return nil
-			})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if next != c.last+1 || pages != c.wantPages {
-				t.Errorf("walked up to %d in %d pages, want %d in %d", next-1, pages, c.last, c.wantPages)
-			}
-		})
-	}
-	rows, err := census.ReadIDs(ctx, e.DB, tbl, []string{"1000", "2", "99999", "10"})
-	if err != nil || len(rows) != 3 || rows[0].ID != "2" || rows[1].ID != "10" || rows[2].ID != "1000" {
-		t.Errorf("ReadIDs: got %v, %v; want rows 2, 10, 1000 in order", rows, err)
-	}
-}
 
 // TestCount counts rows by key and the wrapped keys of the focus key the
 // way the engine spends KMS calls: exact distinct keys, pages holding them,
@@ -85,7 +36,7 @@ func TestCount(t *testing.T) {
 	e.DB.Exec(context.Background(), `INSERT INTO payment_methods (id, encrypted_token) VALUES (5000, NULL), (5001, '\x0201')`)
 	tbl := inspect(t, e)
 	var progress int
-	c, err := census.Count(context.Background(), e.DB, tbl, census.Bounds{}, 100, e.Old.ARN, []string{e.New.ARN},
+	c, err := census.Count(context.Background(), e.DB, tbl, tokentable.Bounds{}, 100, e.Old.ARN, []string{e.New.ARN},
 		func(census.Census) { progress++ })
 	if err != nil {
 		t.Fatal(err)
@@ -135,11 +86,11 @@ func fakeToken(t *testing.T, kid string, wdek []byte) []byte {
 // count becomes an estimate within 2 %.
 func TestCounterBoundsItsMemory(t *testing.T) {
 	c := census.NewCounter("", "tracked")
-	var page []census.Row
+	var page []tokentable.Row
 	for i := range census.MaxKeys + 10 {
-		page = append(page, census.Row{ID: strconv.Itoa(i), Token: fakeToken(t, fmt.Sprintf("kid-%d", i), []byte{1})})
+		page = append(page, tokentable.Row{ID: strconv.Itoa(i), Token: fakeToken(t, fmt.Sprintf("kid-%d", i), []byte{1})})
 	}
-	page = append(page, census.Row{ID: "x", Token: fakeToken(t, "tracked", []byte{1})})
+	page = append(page, tokentable.Row{ID: "x", Token: fakeToken(t, "tracked", []byte{1})})
 	kids := c.Add(page)
 	got := c.Census()
 	if len(got.ByKey) != census.MaxKeys+1 || got.OtherKeysRows != 10 || got.ByKey["tracked"] != 1 || kids[len(kids)-1] != "tracked" {
@@ -157,7 +108,7 @@ func TestCounterBoundsItsMemory(t *testing.T) {
 		}
 		tok := append([]byte(nil), tmpl...)
 		copy(tok[7:23], random[16*(i%10_000):])
-		page = append(page, census.Row{ID: strconv.Itoa(i), Token: tok})
+		page = append(page, tokentable.Row{ID: strconv.Itoa(i), Token: tok})
 		if len(page) == 10_000 {
 			c.Add(page)
 			page = page[:0]

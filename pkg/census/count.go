@@ -4,28 +4,14 @@ import (
 	"context"
 	"hash/maphash"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
-	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // MaxKeys is how many distinct kids a Census names, besides the ones it was
 // asked to track; rows under more kids are only counted (OtherKeysRows). A
 // corrupt table can hold any number of kids: the report must stay small.
 const MaxKeys = 32
-
-// Inspect parses one stored token. It returns the envelope, or the class the
-// engine would quarantine the row under (batch.NullTokenClass for NULL).
-func Inspect(token []byte) (*envelope.Envelope, string) {
-	if token == nil {
-		return nil, batch.NullTokenClass
-	}
-	env, err := envelope.Parse(token)
-	if err != nil {
-		return nil, batch.ErrorClass(err)
-	}
-	return env, ""
-}
 
 // Census is what a count found.
 type Census struct {
@@ -100,7 +86,7 @@ func NewCounter(focus string, tracked ...string) *Counter {
 // Add counts one page of rows. It returns the kid of each row, "" for an
 // unreadable one, so that a caller can attribute rows further (status counts
 // rows under OLD per range) without parsing every envelope twice.
-func (c *Counter) Add(page []Row) []string {
+func (c *Counter) Add(page []tokentable.Row) []string {
 	c.c.Pages++
 	if c.focus != "" {
 		clear(c.pageSet)
@@ -108,9 +94,9 @@ func (c *Counter) Add(page []Row) []string {
 	kids := make([]string, len(page))
 	for i, r := range page {
 		c.c.Rows++
-		env, class := Inspect(r.Token)
+		env, class := tokentable.ParseToken(r.Token)
 		if env == nil {
-			c.c.Unreadable[class]++
+			c.c.Unreadable[string(class)]++
 			continue
 		}
 		kids[i] = env.KID
@@ -149,10 +135,10 @@ func (c *Counter) Census() Census {
 
 // Count walks the rows of t in b and counts them; see NewCounter for focus
 // and tracked. progress, when not nil, is called after every page.
-func Count(ctx context.Context, db Querier, t *batch.Table, b Bounds, pageSize int, focus string, tracked []string,
+func Count(ctx context.Context, db tokentable.Querier, t *tokentable.Table, b tokentable.Bounds, pageSize int, focus string, tracked []string,
 	progress func(Census)) (Census, error) {
 	c := NewCounter(focus, tracked...)
-	err := Walk(ctx, db, t, b, pageSize, func(page []Row) error {
+	err := tokentable.Walk(ctx, db, t, b, pageSize, func(page []tokentable.Row) error {
 		c.Add(page)
 		if progress != nil {
 			progress(c.c)
@@ -168,11 +154,11 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // RowsUnder counts the rows of the whole table under the key ARN, every
 // envelope parsed. A kid that is not a key ARN (a key id or an alias a
 // writer recorded) is resolved with keyOf; nil compares kids as they are.
-func RowsUnder(ctx context.Context, db Querier, t *batch.Table, keyARN string, keyOf KeyOf) (int64, error) {
+func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf) (int64, error) {
 	var n int64
-	err := Walk(ctx, db, t, Bounds{}, 0, func(page []Row) error {
+	err := tokentable.Walk(ctx, db, t, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
 		for _, r := range page {
-			env, _ := Inspect(r.Token)
+			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {
 				continue
 			}

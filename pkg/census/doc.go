@@ -3,8 +3,9 @@
 // write, no lock. plan, status, verify and the key registry use it to count
 // rows under OLD, under NEW, under other keys and unreadable, the registry
 // uses it to refuse retiring or deleting a key that still protects a row,
-// and run recounts the rows under OLD with it before exiting 0. The keyset
-// walk never reads a NULL id; NullIDs counts those rows for plan.
+// and run recounts the rows under OLD with it before exiting 0. It reads
+// with tokentable's keyset reader (tokentable.Walk), which never reads a
+// NULL id; NullIDs counts those rows for plan.
 //
 // Invariants:
 //
@@ -18,7 +19,7 @@
 //     of the focus key are counted exactly up to ExactDistinctLimit and
 //     estimated with a HyperLogLog sketch (about 1 % error, 16 KiB) above it.
 //   - Same words as the engine: unreadable rows are classed with
-//     batch.ErrorClass, so the counts line up with the quarantine.
+//     tokentable.ParseToken, so the counts line up with the quarantine.
 //   - No secrets: only kids (key ARNs) and row ids ever leave this package;
 //     wrapped keys are hashed in memory and never reported.
 //

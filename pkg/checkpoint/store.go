@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // DB is what the store needs from a connection pool (*pgxpool.Pool fits).
@@ -75,11 +77,9 @@ type Run struct {
 	NewPass bool
 }
 
-// Bounds is one range of the keyspace: ids in (Lower, Upper], in the id
-// column's canonical text. A nil bound is open.
-type Bounds struct {
-	Lower, Upper *string
-}
+// Bounds is one range of the keyspace (tokentable.Bounds): ids in
+// (Lower, Upper], in the id column's canonical text. A nil bound is open.
+type Bounds = tokentable.Bounds
 
 // Planner cuts the keyspace into ranges. It is called at most once per pass.
 type Planner func(ctx context.Context) ([]Bounds, error)

@@ -24,6 +24,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/metrics"
 	"github.com/reencrypt/reencrypt/pkg/pacer"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 func TestMain(m *testing.M) { testbed.Main(m) }
@@ -149,7 +150,7 @@ type pod struct {
 func startPod(t *testing.T, ctx context.Context, e *fixture.Env, owner string, wg *sync.WaitGroup) *pod {
 	t.Helper()
 	db := newPool(t, e.URL)
-	table, err := batch.Inspect(ctx, db, e.Spec())
+	table, err := tokentable.Inspect(ctx, db, e.Spec())
 	if err != nil {
 		t.Fatal(err)
 	}

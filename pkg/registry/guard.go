@@ -12,10 +12,10 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // Guard is what the key-deletion guard needs besides the registry.
@@ -158,7 +158,7 @@ func (r *Registry) lockRow(ctx context.Context, tx pgx.Tx, cols map[string]strin
 // Count counts the rows under arn in the configured table t and in every
 // table recorded for the key, attributing quarantined rows; q should be the
 // transaction holding the key's lock.
-func (r *Registry) Count(ctx context.Context, q batch.DB, arn string, t *batch.Table) (Usage, error) {
+func (r *Registry) Count(ctx context.Context, q checkpoint.DB, arn string, t *tokentable.Table) (Usage, error) {
 	u := Usage{KeyARN: arn}
 	type spec struct {
 		checkpoint.KeyTable
@@ -213,7 +213,7 @@ func (r *Registry) Count(ctx context.Context, q batch.DB, arn string, t *batch.T
 }
 
 // countTable counts one table in one statement (one snapshot).
-func (r *Registry) countTable(ctx context.Context, q batch.DB, arn string, k checkpoint.KeyTable, quarantined map[string]bool) (TableCount, error) {
+func (r *Registry) countTable(ctx context.Context, q checkpoint.DB, arn string, k checkpoint.KeyTable, quarantined map[string]bool) (TableCount, error) {
 	c := TableCount{Table: k.Qualified(), TokenColumn: k.TokenColumn, Namespace: k.Namespace}
 	var n int
 	err := q.QueryRow(ctx, `
@@ -227,10 +227,10 @@ func (r *Registry) countTable(ctx context.Context, q batch.DB, arn string, k che
 		c.Missing = true
 		return c, nil
 	}
-	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row census.Row) error {
+	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row tokentable.Row) error {
 		c.Scanned++
 		held := quarantined[row.ID]
-		env, _ := census.Inspect(row.Token)
+		env, _ := tokentable.ParseToken(row.Token)
 		if env == nil { // NULL or unreadable: only OLD can help a quarantined one
 			if held {
 				c.Rows++
@@ -264,7 +264,7 @@ func (r *Registry) countTable(ctx context.Context, q batch.DB, arn string, k che
 // any table recorded for the key, nor any quarantined row from it, is under
 // it. The count and the status change are one transaction holding the key's
 // lock exclusively. already is true when it was retired before.
-func (r *Registry) Retire(ctx context.Context, arn string, t *batch.Table) (k Key, already bool, err error) {
+func (r *Registry) Retire(ctx context.Context, arn string, t *tokentable.Table) (k Key, already bool, err error) {
 	cols, err := r.columns(ctx, r.db)
 	if err != nil {
 		return k, false, err
@@ -310,7 +310,7 @@ func (r *Registry) Retire(ctx context.Context, arn string, t *batch.Table) (k Ke
 }
 
 // check counts, reports and refuses (*InUseError) while any table blocks.
-func (r *Registry) check(ctx context.Context, tx pgx.Tx, arn string, t *batch.Table, during string) error {
+func (r *Registry) check(ctx context.Context, tx pgx.Tx, arn string, t *tokentable.Table, during string) error {
 	u, err := r.Count(ctx, txDB{tx}, arn, t)
 	if err != nil {
 		return fmt.Errorf("count rows under %s: %w", arn, err)
@@ -332,7 +332,7 @@ func (r *Registry) check(ctx context.Context, tx pgx.Tx, arn string, t *batch.Ta
 // (CancelKeyDeletion, and EnableKey when the key was enabled) and roll the
 // registry back. A key KMS already has pending deletion is recorded, not
 // scheduled again; already is true then.
-func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn string, pendingDays int, t *batch.Table) (k Key, already bool, err error) {
+func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn string, pendingDays int, t *tokentable.Table) (k Key, already bool, err error) {
 	if pendingDays < MinPendingDays || pendingDays > MaxPendingDays {
 		return k, false, refused("--pending-days %d: KMS accepts %d to %d", pendingDays, MinPendingDays, MaxPendingDays)
 	}
@@ -394,7 +394,7 @@ func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn 
 
 // scheduleOnce makes the KMS call (unless the key is already pending) and
 // counts again after it, cancelling the deletion if rows appeared.
-func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, api kmsclient.KMS, arn string, pendingDays int, t *batch.Table) (already bool, when *time.Time, err error) {
+func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, api kmsclient.KMS, arn string, pendingDays int, t *tokentable.Table) (already bool, when *time.Time, err error) {
 	desc, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(arn)})
 	if err != nil {
 		return false, nil, kmsError("DescribeKey", arn, err)

@@ -13,7 +13,7 @@ import (
 	"github.com/aws/smithy-go"
 	"github.com/jackc/pgx/v5"
 
-	"github.com/reencrypt/reencrypt/pkg/batch"
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 )
 
@@ -76,7 +76,7 @@ type Ref struct {
 
 // Registry reads and writes token_encryption_keys.
 type Registry struct {
-	db     batch.DB
+	db     checkpoint.DB
 	schema string
 	qname  string
 	guard  Guard
@@ -84,7 +84,7 @@ type Registry struct {
 }
 
 // New returns the registry in schema (the token table's schema).
-func New(db batch.DB, schema string) *Registry {
+func New(db checkpoint.DB, schema string) *Registry {
 	return &Registry{db: db, schema: schema, qname: pgx.Identifier{schema, Table}.Sanitize(), res: newResolver(nil)}
 }
 
@@ -111,7 +111,7 @@ var required = []string{"key_id", "key_version", "status", "algorithm", "provide
 
 // columns returns the registry's columns and their types, or nil when the
 // table does not exist.
-func (r *Registry) columns(ctx context.Context, q batch.DB) (map[string]string, error) {
+func (r *Registry) columns(ctx context.Context, q checkpoint.DB) (map[string]string, error) {
 	rows, err := q.Query(ctx, `
 		SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
 		WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped`, r.qname)
@@ -179,7 +179,7 @@ func (r *Registry) ensure(ctx context.Context, tx pgx.Tx) error {
 	return nil
 }
 
-// txDB lets the helpers that take a batch.DB run inside a transaction.
+// txDB lets the helpers that take a checkpoint.DB run inside a transaction.
 type txDB struct{ pgx.Tx }
 
 func (t txDB) Begin(ctx context.Context) (pgx.Tx, error) { return t.Tx.Begin(ctx) }
@@ -201,7 +201,7 @@ func selectList(cols map[string]string) string {
 // load reads rows and resolves each key_id to the ARN it names. strict
 // makes a failed resolution an error; otherwise the row's ARN stays "" and
 // the error is kept on the row (see lookup).
-func (r *Registry) load(ctx context.Context, q batch.DB, cols map[string]string, strict bool, where string, args ...any) ([]Key, error) {
+func (r *Registry) load(ctx context.Context, q checkpoint.DB, cols map[string]string, strict bool, where string, args ...any) ([]Key, error) {
 	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s`, selectList(cols), r.qname, where), args...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", r.Qualified(), err)

@@ -12,15 +12,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/registry"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
-func setup(t *testing.T) (*fixture.Env, *registry.Registry, *batch.Table) {
+func setup(t *testing.T) (*fixture.Env, *registry.Registry, *tokentable.Table) {
 	t.Helper()
 	e := fixture.New(t, "uuid")
-	tbl, err := batch.Inspect(context.Background(), e.DB, batch.TableSpec{Schema: "public", Name: "payment_methods",
+	tbl, err := tokentable.Inspect(context.Background(), e.DB, tokentable.Spec{Schema: "public", Name: "payment_methods",
 		IDColumn: "id", TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"})
 	if err != nil {
 		t.Fatal(err)

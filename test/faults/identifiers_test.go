@@ -21,6 +21,7 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/config"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 const fuzzState = "fz_state" // bookkeeping schema of the fuzz runs
@@ -124,7 +125,7 @@ func FuzzIdentifiers(f *testing.F) {
 			report(label+": accepted by config.Validate", "accepted", err, false)
 			return
 		}
-		spec := batch.TableSpec{Schema: cfg.TableSchema, Name: cfg.Table, IDColumn: cfg.IDColumn,
+		spec := tokentable.Spec{Schema: cfg.TableSchema, Name: cfg.Table, IDColumn: cfg.IDColumn,
 			TokenColumn: cfg.TokenColumn, AuditTable: cfg.AuditTable, AuditIDColumn: cfg.AuditIDColumn}
 		if slices.Contains([]string{spec.Schema, spec.Name, spec.IDColumn, spec.TokenColumn, spec.AuditTable, spec.AuditIDColumn}, "") {
 			report(label+": an empty variable takes its default", "non-empty names", fmt.Sprintf("%+v", spec), false)

@@ -22,9 +22,9 @@ import (
 	"github.com/reencrypt/reencrypt/internal/kmsfault"
 	"github.com/reencrypt/reencrypt/internal/seed"
 	"github.com/reencrypt/reencrypt/internal/testbed"
-	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
+	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
 // Exit codes of docs/design.md.
@@ -620,7 +620,7 @@ func (w *world) runToEnd(name string, tries int, timeout time.Duration, extra ..
 }
 
 // refSpec is the reference schema as the engine is configured for it.
-func refSpec() batch.TableSpec {
-	return batch.TableSpec{Schema: "public", Name: "payment_methods", IDColumn: "id",
+func refSpec() tokentable.Spec {
+	return tokentable.Spec{Schema: "public", Name: "payment_methods", IDColumn: "id",
 		TokenColumn: "encrypted_token", AuditTable: "payment_method_audit", AuditIDColumn: "payment_method_id"}
 }

@@ -1,4 +1,4 @@
-package batch
+package tokentable
 
 import (
 	"context"
@@ -8,8 +8,28 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// TableSpec names the token table and its audit table as configured.
-type TableSpec struct {
+// Querier reads; *pgxpool.Pool, *pgx.Conn and pgx.Tx fit.
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// ErrConfig marks a table or column the configuration names wrongly, or
+// one the engine cannot page: retrying will not help, a human must fix it.
+// batch.ErrConfig is this same error.
+var ErrConfig = errors.New("configuration refused")
+
+type configError struct{ msg string }
+
+func (e *configError) Error() string        { return e.msg }
+func (e *configError) Is(target error) bool { return target == ErrConfig }
+
+func configErrorf(format string, args ...any) error {
+	return &configError{msg: fmt.Sprintf(format, args...)}
+}
+
+// Spec names the token table and its audit table as configured.
+type Spec struct {
 	Schema        string // default "public"
 	Name          string // default "payment_methods"
 	IDColumn      string // default "id"
@@ -18,14 +38,15 @@ type TableSpec struct {
 	AuditIDColumn string // default "payment_method_id"
 }
 
-// Table is a TableSpec checked against the database, with its identifiers
+// Table is a Spec checked against the database, with its identifiers
 // quoted for SQL. Only Inspect builds one.
 type Table struct {
-	Spec   TableSpec
+	Spec   Spec
 	IDType string // "uuid", "bigint" or "integer"
 
 	qname, qid, qtoken string // quoted table, id column, token column
 	qaudit, qauditID   string
+	read               reads // keyset statements (read.go)
 }
 
 // Qualified is "schema.table" as configured, for messages and run ids.
@@ -34,6 +55,18 @@ func (t *Table) Qualified() string { return t.Spec.Schema + "." + t.Spec.Name }
 // QuotedName is the quoted, schema-qualified table name.
 func (t *Table) QuotedName() string { return t.qname }
 
+// QuotedID is the quoted id column.
+func (t *Table) QuotedID() string { return t.qid }
+
+// QuotedToken is the quoted token column.
+func (t *Table) QuotedToken() string { return t.qtoken }
+
+// QuotedAudit is the quoted, schema-qualified audit table name.
+func (t *Table) QuotedAudit() string { return t.qaudit }
+
+// QuotedAuditID is the quoted id column of the audit table.
+func (t *Table) QuotedAuditID() string { return t.qauditID }
+
 func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 
 // Inspect checks that the configured tables and columns exist with the types
@@ -41,7 +74,7 @@ func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 // id column must be NOT NULL with a valid unique index (a primary key is
 // both): the keyset cursor reads every row only then. It requires nothing to
 // be created or migrated in the user's schema.
-func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
+func Inspect(ctx context.Context, db Querier, spec Spec) (*Table, error) {
 	t := &Table{Spec: spec}
 	cols, err := columns(ctx, db, spec.Schema, spec.Name)
 	if err != nil {
@@ -68,6 +101,7 @@ func Inspect(ctx context.Context, db DB, spec TableSpec) (*Table, error) {
 	t.qname = quote(spec.Schema, spec.Name)
 	t.qid = quote(spec.IDColumn)
 	t.qtoken = quote(spec.TokenColumn)
+	t.read = newReads(t)
 
 	var unique, notNull bool
 	err = db.QueryRow(ctx, `
@@ -126,7 +160,7 @@ func (e *NullableIDError) Is(target error) bool { return target == ErrConfig }
 
 // columns maps column name to its SQL type for a table, or ErrConfig when the
 // table does not exist.
-func columns(ctx context.Context, db DB, schema, name string) (map[string]string, error) {
+func columns(ctx context.Context, db Querier, schema, name string) (map[string]string, error) {
 	var oid *uint32
 	err := db.QueryRow(ctx, `SELECT to_regclass($1)::oid`, quote(schema, name)).Scan(&oid)
 	if err != nil {

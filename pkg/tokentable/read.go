@@ -1,0 +1,138 @@
+package tokentable
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Row is one row as stored. Token is nil when the column is NULL.
+type Row struct {
+	ID    string // canonical text of the id
+	Token []byte
+}
+
+// Bounds is a slice of the keyspace: ids in (Lower, Upper], in the id
+// column's canonical text (id::text). A nil bound is open. The engine's
+// ranges (checkpoint.Bounds) are these.
+type Bounds struct {
+	Lower, Upper *string
+}
+
+// DefaultPageSize is the page size of a Walk given 0.
+const DefaultPageSize = 5000
+
+// ReadPage reads the rows of t whose id is in b, in id order, at most limit
+// of them: one keyset page (id > lower AND id <= upper ORDER BY id LIMIT n),
+// read without locks. Rows with a NULL id are never read.
+func ReadPage(ctx context.Context, db Querier, t *Table, b Bounds, limit int) ([]Row, error) {
+	rs, err := db.Query(ctx, t.read.pick(b.Lower, b.Upper), b.Lower, b.Upper, limit)
+	if err != nil {
+		return nil, err
+	}
+	return CollectRows(rs, limit)
+}
+
+// ReadIDs returns the rows with these ids (those that still exist), in id
+// order: the engine re-reads the rows that changed under it, verify its
+// sample.
+func ReadIDs(ctx context.Context, db Querier, t *Table, ids []string) ([]Row, error) {
+	rs, err := db.Query(ctx, t.read.byIDs, ids)
+	if err != nil {
+		return nil, err
+	}
+	return CollectRows(rs, len(ids))
+}
+
+// CollectRows reads rows of (id::text, token) and closes rs.
+func CollectRows(rs pgx.Rows, capacity int) ([]Row, error) {
+	defer rs.Close()
+	out := make([]Row, 0, capacity)
+	for rs.Next() {
+		var r Row
+		if err := rs.Scan(&r.ID, &r.Token); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rs.Err()
+}
+
+// Walk calls fn with every row of t whose id is in b, in id order, one page
+// of at most pageSize rows at a time. fn may keep the rows it is given (each
+// page is freshly allocated). An error from fn stops the walk and is
+// returned as is.
+func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn func(page []Row) error) error {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	cursor := b.Lower
+	for {
+		page, err := ReadPage(ctx, db, t, Bounds{Lower: cursor, Upper: b.Upper}, pageSize)
+		if err != nil {
+			return fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
+		}
+		if len(page) > 0 {
+			if err := fn(page); err != nil {
+				return err
+			}
+		}
+		if len(page) < pageSize { // a short page: the slice is done
+			return nil
+		}
+		last := page[len(page)-1].ID
+		if cursor != nil && *cursor == last {
+			return fmt.Errorf("read %s: cursor did not advance past %q", t.Qualified(), last)
+		}
+		cursor = &last
+	}
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// reads are the keyset statements for one table, built once by Inspect.
+// Each bound combination has its own statement so that the planner always
+// sees a plain index range: "$2 IS NULL OR id <= $2" would make it scan past
+// the upper bound.
+type reads struct {
+	all, from, to, between, byIDs string
+}
+
+func newReads(t *Table) reads {
+	sel := fmt.Sprintf(`SELECT t.%s::text, t.%s FROM %s AS t`, t.qid, t.qtoken, t.qname)
+	// ORDER BY t.id, the column: a bare "id" would name the output column
+	// id::text, and integer ids in text order ("10" < "9") would make the
+	// keyset cursor skip rows.
+	order := fmt.Sprintf(` ORDER BY t.%s LIMIT $3`, t.qid)
+	lower := fmt.Sprintf(`t.%s > $1::text::%s`, t.qid, t.IDType)
+	upper := fmt.Sprintf(`t.%s <= $2::text::%s`, t.qid, t.IDType)
+	return reads{
+		// Every variant takes $1 (lower), $2 (upper), $3 (limit) so callers
+		// pass the same arguments; unused ones are compared with NULL.
+		// NULL ids sort last: without "IS NOT NULL" a one-page table would
+		// hand them to the caller (see census.NullIDs).
+		all:     sel + fmt.Sprintf(` WHERE $1::text IS NULL AND $2::text IS NULL AND t.%s IS NOT NULL`, t.qid) + order,
+		from:    sel + ` WHERE ` + lower + ` AND $2::text IS NULL` + order,
+		to:      sel + ` WHERE $1::text IS NULL AND ` + upper + order,
+		between: sel + ` WHERE ` + lower + ` AND ` + upper + order,
+		byIDs:   sel + fmt.Sprintf(` WHERE t.%s = ANY($1::text[]::%s[]) ORDER BY t.%[1]s`, t.qid, t.IDType),
+	}
+}
+
+func (q reads) pick(lower, upper *string) string {
+	switch {
+	case lower != nil && upper != nil:
+		return q.between
+	case lower != nil:
+		return q.from
+	case upper != nil:
+		return q.to
+	}
+	return q.all
+}
