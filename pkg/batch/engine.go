@@ -414,14 +414,16 @@ func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
 	}
 }
 
-// pageWithRetry runs one page, retrying transient failures with capped
-// exponential backoff. Key, configuration and fencing errors are not retried.
+// pageWithRetry runs one page, retrying transient failures (IsTransient)
+// with capped exponential backoff. Nothing else is retried: key,
+// configuration and fencing errors, and errors no one recognises (a bug
+// fails fast).
 func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
 	var done bool
 	err := e.retry(ctx, "page", log, func() error {
 		var err error
 		done, err = e.page(ctx, l, log)
-		if err != nil && retryable(err) {
+		if err != nil && IsTransient(err) {
 			e.metrics.PageFailures.Inc()
 		}
 		return err
@@ -432,12 +434,12 @@ func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *sl
 	return done, nil
 }
 
-// retry runs fn (a page, a claim, a status read), retrying failures that
-// may pass (a terminated connection, a database restart, throttling) with
-// capped exponential backoff (a failed page has been rolled back). Claims and
-// status reads need it as much as pages: without it one dropped pooled
-// connection stops a worker that was merely polling for work, and with it
-// every sibling.
+// retry runs fn (a page, a claim, a status read), retrying the failures
+// IsTransient recognises (a terminated connection, a database restart,
+// throttling) with capped exponential backoff (a failed page has been
+// rolled back). Claims and status reads need it as much as pages:
+// without it one dropped pooled connection stops a worker that was merely
+// polling for work, and with it every sibling.
 func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn func() error) error {
 	backoff := 500 * time.Millisecond
 	deadConns := 0 // pooled connections found killed, retried at once
@@ -456,8 +458,8 @@ func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn fu
 			log.Debug(what+": pooled connection was killed; retrying at once", "err", err)
 			continue
 		}
-		if !retryable(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
-			if retryable(err) {
+		if !IsTransient(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
+			if IsTransient(err) {
 				err = transient(err)
 			}
 			return fmt.Errorf("%s: %w", what, err)
@@ -482,43 +484,6 @@ const maxDeadConns = 16
 func connKilled(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02")
-}
-
-// ErrTransient marks failures worth retrying later: database or KMS out of
-// reach, throttling past the retries.
-var ErrTransient = errors.New("transient failure")
-
-type transientError struct{ err error }
-
-func (e *transientError) Error() string        { return e.err.Error() }
-func (e *transientError) Unwrap() error        { return e.err }
-func (e *transientError) Is(target error) bool { return target == ErrTransient }
-
-func transient(err error) error {
-	if err == nil || errors.Is(err, ErrTransient) {
-		return err
-	}
-	return &transientError{err}
-}
-
-func retryable(err error) bool {
-	switch {
-	case errors.Is(err, checkpoint.ErrFenced),
-		errors.Is(err, kmsclient.ErrKeyUnusable),
-		errors.Is(err, ErrConfig),
-		errors.Is(err, errSelfCheck),
-		Refused(err) != nil:
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// Schema and permission problems will not fix themselves.
-		switch pgErr.Code[:2] {
-		case "42", "22", "23":
-			return false
-		}
-	}
-	return true
 }
 
 // Progress is what this process has done so far.
