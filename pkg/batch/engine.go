@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -122,6 +123,8 @@ type Engine struct {
 	sql     statements
 	details []byte // the audit details shared by every row of the run
 
+	jitter func(n int64) int64 // retry backoff draws: rand.Int64N
+
 	run   checkpoint.Run
 	mu    sync.Mutex
 	total checkpoint.Counts // what this process did
@@ -137,7 +140,8 @@ func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log 
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table)}, nil
+	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table),
+		jitter: rand.Int64N}, nil
 }
 
 // Spec is the run this engine works on.
@@ -415,7 +419,7 @@ func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
 }
 
 // pageWithRetry runs one page, retrying transient failures (IsTransient)
-// with capped exponential backoff. Nothing else is retried: key,
+// with capped, jittered exponential backoff. Nothing else is retried: key,
 // configuration and fencing errors, and errors no one recognises (a bug
 // fails fast).
 func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
@@ -436,12 +440,11 @@ func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *sl
 
 // retry runs fn (a page, a claim, a status read), retrying the failures
 // IsTransient recognises (a terminated connection, a database restart,
-// throttling) with capped exponential backoff (a failed page has been
-// rolled back). Claims and status reads need it as much as pages:
+// throttling) with capped exponential backoff and full jitter (a failed page
+// has been rolled back). Claims and status reads need it as much as pages:
 // without it one dropped pooled connection stops a worker that was merely
 // polling for work, and with it every sibling.
 func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn func() error) error {
-	backoff := 500 * time.Millisecond
 	deadConns := 0 // pooled connections found killed, retried at once
 	for attempt := 1; ; attempt++ {
 		err := fn()
@@ -464,14 +467,31 @@ func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn fu
 			}
 			return fmt.Errorf("%s: %w", what, err)
 		}
+		backoff := retryDelay(attempt, e.jitter)
 		log.Warn(what+" failed; retrying", "attempt", attempt, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 15*time.Second)
 	}
+}
+
+// The backoff between tries of retry: the ceiling doubles from
+// retryBackoffBase up to retryBackoffCap, and the delay is drawn uniformly
+// below it ("full jitter"), so that the pods of a Job that failed together
+// (a database failover) do not come back together, in lockstep, every time.
+const (
+	retryBackoffBase = 500 * time.Millisecond
+	retryBackoffCap  = 15 * time.Second
+)
+
+// retryDelay is the delay before try attempt+1: uniform in [0, ceiling)
+// where ceiling is min(retryBackoffCap, retryBackoffBase·2^(attempt−1)).
+// n draws in [0, n) (rand.Int64N; tests pass a seeded source).
+func retryDelay(attempt int, n func(int64) int64) time.Duration {
+	ceiling := min(retryBackoffBase<<min(max(attempt-1, 0), 16), retryBackoffCap)
+	return time.Duration(n(int64(ceiling)))
 }
 
 // maxDeadConns bounds the immediate retries of one call on killed pooled

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
@@ -40,7 +42,7 @@ func TestRetryOnlyWhatIsRecognised(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			e := &Engine{cfg: Config{}.withDefaults()}
+			e := &Engine{cfg: Config{}.withDefaults(), jitter: func(int64) int64 { return 0 }}
 			calls := 0
 			err := e.retry(context.Background(), "page", slog.New(slog.DiscardHandler), func() error {
 				calls++
@@ -66,7 +68,7 @@ func TestRetryOnlyWhatIsRecognised(t *testing.T) {
 // PageRetries times and returned marked transient (exit 75).
 func TestRetryGivesUpTransient(t *testing.T) {
 	t.Parallel()
-	e := &Engine{cfg: Config{PageRetries: 4}.withDefaults()}
+	e := &Engine{cfg: Config{PageRetries: 4}.withDefaults(), jitter: func(int64) int64 { return 0 }}
 	calls := 0
 	err := e.retry(context.Background(), "claim", slog.New(slog.DiscardHandler), func() error {
 		calls++
@@ -74,5 +76,41 @@ func TestRetryGivesUpTransient(t *testing.T) {
 	})
 	if calls != 4 || !errors.Is(err, ErrTransient) {
 		t.Fatalf("%d calls, err %v: want 4 calls and a transient error", calls, err)
+	}
+}
+
+// TestRetryDelayJitter: the backoff is jittered — two processes (two
+// seeded sources) wait different times after the same failure — and every
+// delay stays below its ceiling, which doubles from retryBackoffBase up to
+// retryBackoffCap.
+func TestRetryDelayJitter(t *testing.T) {
+	t.Parallel()
+	a := rand.New(rand.NewPCG(1, 2))
+	b := rand.New(rand.NewPCG(3, 4))
+	ceiling := retryBackoffBase
+	differ := 0
+	for attempt := 1; attempt <= 12; attempt++ {
+		for range 50 {
+			da, db := retryDelay(attempt, a.Int64N), retryDelay(attempt, b.Int64N)
+			for _, d := range []time.Duration{da, db} {
+				if d < 0 || d >= ceiling {
+					t.Fatalf("attempt %d: delay %s, want within [0, %s)", attempt, d, ceiling)
+				}
+			}
+			if da != db {
+				differ++
+			}
+		}
+		ceiling = min(ceiling*2, retryBackoffCap)
+	}
+	if differ < 500 {
+		t.Errorf("%d of 600 delays differ between two sources: want them (nearly) all apart, not in lockstep", differ)
+	}
+	// The ceiling is reached and held: attempt 6 onwards may wait up to the cap.
+	if got := retryDelay(30, func(n int64) int64 { return n - 1 }); got != retryBackoffCap-1 {
+		t.Errorf("longest delay at attempt 30 = %s, want %s", got, retryBackoffCap-1)
+	}
+	if got := retryDelay(1, func(n int64) int64 { return n - 1 }); got != retryBackoffBase-1 {
+		t.Errorf("longest delay at attempt 1 = %s, want %s", got, retryBackoffBase-1)
 	}
 }
