@@ -494,14 +494,9 @@ func (a *app) close() {
 	}
 }
 
-type cfgError struct{ msg string }
-
-func (e *cfgError) Error() string        { return e.msg }
-func (e *cfgError) Is(target error) bool { return target == batch.ErrConfig }
-
-func configError(format string, args ...any) error {
-	return &cfgError{msg: fmt.Sprintf(format, args...)}
-}
+// configError is a configuration the command refuses (batch.ErrConfig,
+// exit 78).
+func configError(format string, args ...any) error { return batch.ConfigErrorf(format, args...) }
 
 // redactErr keeps a connection-string parse error from echoing a password.
 func redactErr(err error) string {
