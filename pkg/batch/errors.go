@@ -55,18 +55,6 @@ func Transient(err error) error {
 
 func transient(err error) error { return Transient(err) }
 
-// RowError is a row the engine left untouched because its token cannot be
-// read: it is quarantined and the page goes on. Class is a short error class
-// ("malformed", "auth_failed", ...); Err never holds token or key bytes.
-type RowError struct {
-	ID    string
-	Class string
-	Err   error
-}
-
-func (e *RowError) Error() string { return fmt.Sprintf("row %s: %s: %v", e.ID, e.Class, e.Err) }
-func (e *RowError) Unwrap() error { return e.Err }
-
 // PartialError is a run that finished its pass but left rows behind:
 // quarantined rows (a human must look) or rows the live API kept changing
 // (a rerun takes them).
