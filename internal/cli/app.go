@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -349,6 +350,7 @@ func (inv *invocation) execute(cmd *cobra.Command, c command, given map[string]*
 	if r := batch.Refused(err); r != nil {
 		err = a.explainRefusal(strings.TrimPrefix(path, "reencrypt "), r)
 	}
+	err = nameFields(err)
 	code := exitCode(err)
 	if err != nil {
 		a.failed(path, err, code)
@@ -493,6 +495,42 @@ func (a *app) close() {
 		a.pool.Close()
 	}
 }
+
+// fieldVariables is the variable a user sets for each of the engine's
+// fields (batch.FieldError).
+var fieldVariables = map[batch.Field]string{
+	batch.FieldDatabase:     "DATABASE_URL",
+	batch.FieldOldKey:       "OLD_KEY_ID",
+	batch.FieldNewKey:       "NEW_KEY_ID",
+	batch.FieldNamespace:    "NAMESPACE",
+	batch.FieldMode:         "MODE",
+	batch.FieldBatchSize:    "BATCH_SIZE",
+	batch.FieldWorkers:      "KMS_CONCURRENCY",
+	batch.FieldRangeWorkers: "RANGE_WORKERS",
+	batch.FieldRanges:       "RANGES",
+	batch.FieldLeaseTTL:     "LEASE_TTL",
+}
+
+// nameFields rewrites the message of an error that holds a
+// *batch.FieldError so that it names the variables to fix (OLD_KEY_ID, not
+// "old key"); the error still matches what it matched.
+func nameFields(err error) error {
+	var fe *batch.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	named := fe.Named(func(f batch.Field) string { return cmp.Or(fieldVariables[f], string(f)) })
+	return &namedError{msg: strings.Replace(err.Error(), fe.Error(), named, 1), err: err}
+}
+
+// namedError is an error with its message rewritten by nameFields.
+type namedError struct {
+	msg string
+	err error
+}
+
+func (e *namedError) Error() string { return e.msg }
+func (e *namedError) Unwrap() error { return e.err }
 
 // configError is a configuration the command refuses (batch.ErrConfig,
 // exit 78).

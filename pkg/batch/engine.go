@@ -84,21 +84,21 @@ func (c Config) Validate() error {
 	case c.Table == nil:
 		return configErrorf("no table")
 	case c.Old.ARN == "" || c.New.ARN == "":
-		return configErrorf("both keys must be resolved to ARNs")
+		return fieldError(configErrorf("both keys must be resolved to ARNs"), FieldOldKey, FieldNewKey)
 	case c.Old.ARN == c.New.ARN:
-		return configErrorf("OLD_KEY_ID (%s) and NEW_KEY_ID (%s) are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN)
+		return fieldError(configErrorf("%s and %s are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN), FieldOldKey, FieldNewKey)
 	case c.Mode != Rekey && c.Mode != Rewrap:
-		return configErrorf("mode %q: want rekey or rewrap", c.Mode)
+		return fieldError(configErrorf("%q: want rekey or rewrap", c.Mode), FieldMode)
 	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return configErrorf("batch size %d: want 1..100000", c.BatchSize)
+		return fieldError(configErrorf("%d: want 1..100000", c.BatchSize), FieldBatchSize)
 	case c.Workers < 1 || c.Workers > 1024:
-		return configErrorf("workers %d: want 1..1024", c.Workers)
+		return fieldError(configErrorf("%d: want 1..1024", c.Workers), FieldWorkers)
 	case c.RangeWorkers < 1 || c.RangeWorkers > 64:
-		return configErrorf("range workers %d: want 1..64", c.RangeWorkers)
+		return fieldError(configErrorf("%d: want 1..64", c.RangeWorkers), FieldRangeWorkers)
 	case c.Ranges < 1 || c.Ranges > 100_000:
-		return configErrorf("ranges %d: want 1..100000", c.Ranges)
+		return fieldError(configErrorf("%d: want 1..100000", c.Ranges), FieldRanges)
 	case c.LeaseTTL < time.Second:
-		return configErrorf("lease ttl %s: want at least 1s", c.LeaseTTL)
+		return fieldError(configErrorf("%s: want at least 1s", c.LeaseTTL), FieldLeaseTTL)
 	}
 	return nil
 }

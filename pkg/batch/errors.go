@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -54,6 +55,61 @@ func Transient(err error) error {
 }
 
 func transient(err error) error { return Transient(err) }
+
+// Field is one of the engine's settings, as a FieldError names it. The
+// command maps each to what a user sets (a variable, a flag): the engine
+// knows no variable names.
+type Field string
+
+// The fields Preflight and Config.Validate name.
+const (
+	FieldDatabase     Field = "database"
+	FieldOldKey       Field = "old key"
+	FieldNewKey       Field = "new key"
+	FieldNamespace    Field = "namespace"
+	FieldMode         Field = "mode"
+	FieldBatchSize    Field = "batch size"
+	FieldWorkers      Field = "workers"
+	FieldRangeWorkers Field = "range workers"
+	FieldRanges       Field = "ranges"
+	FieldLeaseTTL     Field = "lease ttl"
+)
+
+// Fields lists every Field, for a command that maps them all.
+func Fields() []Field {
+	return []Field{FieldDatabase, FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
+		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL}
+}
+
+// FieldError is a failure that settings explain: a value refused, or a
+// check that failed with it. Fields says which settings to look at; Err is
+// the failure, and its class (ErrConfig, ErrTransient,
+// kmsclient.ErrKeyUnusable) is the FieldError's.
+type FieldError struct {
+	Fields []Field
+	Err    error
+}
+
+func (e *FieldError) Error() string { return e.Named(func(f Field) string { return string(f) }) }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Named is the error's message with each field called by name(field): the
+// command passes the variable a user sets.
+func (e *FieldError) Named(name func(Field) string) string {
+	names := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		names[i] = name(f)
+	}
+	return strings.Join(names, ", ") + ": " + e.Err.Error()
+}
+
+// fieldError is err explained by fields (nil for nil).
+func fieldError(err error, fields ...Field) error {
+	if err == nil {
+		return nil
+	}
+	return &FieldError{Fields: fields, Err: err}
+}
 
 // PartialError is a run that finished its pass but left rows behind:
 // quarantined rows (a human must look) or rows the live API kept changing
