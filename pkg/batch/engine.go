@@ -33,23 +33,24 @@ const (
 	Rewrap Mode = "rewrap"
 )
 
-// Config is the engine's tuning. Zero values take the defaults below.
+// Config is the engine's tuning. Zero values take the engine's defaults
+// (the Default* constants, defaults.go).
 type Config struct {
 	Table     *Table
 	Old, New  kmsclient.Key
 	Mode      Mode
 	Namespace string
 
-	BatchSize       int           // rows per page (1000)
-	Workers         int           // KMS calls in flight per page (16)
-	RangeWorkers    int           // ranges worked at once by this process (3)
-	Ranges          int           // most ranges a pass is cut into (64); see planRanges
-	LeaseTTL        time.Duration // lease length; renewed at a third of it (30s)
-	PageTimeout     time.Duration // one page, KMS and commit included (2m)
-	LockTimeout     time.Duration // a page's longest wait for a row lock (5s); see pageTxSettings
-	StopGrace       time.Duration // time to finish the page in flight on shutdown (10s)
-	PageRetries     int           // transient failures of one page before giving up (6)
-	ConflictRetries int           // re-reads of rows the live API changed (3)
+	BatchSize       int           // rows per page
+	Workers         int           // KMS calls in flight per page
+	RangeWorkers    int           // ranges worked at once by this process
+	Ranges          int           // most ranges a pass is cut into; see planRanges
+	LeaseTTL        time.Duration // lease length; renewed at a third of it
+	PageTimeout     time.Duration // one page, KMS and commit included
+	LockTimeout     time.Duration // a page's longest wait for a row lock; see pageTxSettings
+	StopGrace       time.Duration // time to finish the page in flight on shutdown
+	PageRetries     int           // transient failures of one page before giving up
+	ConflictRetries int           // re-reads of rows the live API changed
 	Owner           string        // this process in leases and logs
 
 	// Pacer, when set, is asked before every page and told how long every
@@ -60,21 +61,18 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	c.BatchSize = cmp.Or(c.BatchSize, 1000)
-	c.Workers = cmp.Or(c.Workers, 16)
-	// Three, not two: while one range's page reads, commits or waits for
-	// its slowest KMS answers, the other two keep KMS busy (bench, 50,000
-	// legacy rows: rekey +6 %, 0.90 of the KMS ceiling instead of 0.80).
-	c.RangeWorkers = cmp.Or(c.RangeWorkers, 3)
-	c.Ranges = cmp.Or(c.Ranges, 64)
-	c.LeaseTTL = cmp.Or(c.LeaseTTL, 30*time.Second)
-	c.PageTimeout = cmp.Or(c.PageTimeout, 2*time.Minute)
-	c.LockTimeout = cmp.Or(c.LockTimeout, 5*time.Second)
-	c.StopGrace = cmp.Or(c.StopGrace, 10*time.Second)
-	c.PageRetries = cmp.Or(c.PageRetries, 6)
-	c.ConflictRetries = cmp.Or(c.ConflictRetries, 3)
-	c.Mode = cmp.Or(c.Mode, Rekey)
-	c.Namespace = cmp.Or(c.Namespace, "payment_methods")
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
+	c.RangeWorkers = cmp.Or(c.RangeWorkers, DefaultRangeWorkers)
+	c.Ranges = cmp.Or(c.Ranges, DefaultRanges)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, DefaultLeaseTTL)
+	c.PageTimeout = cmp.Or(c.PageTimeout, DefaultPageTimeout)
+	c.LockTimeout = cmp.Or(c.LockTimeout, DefaultLockTimeout)
+	c.StopGrace = cmp.Or(c.StopGrace, DefaultStopGrace)
+	c.PageRetries = cmp.Or(c.PageRetries, DefaultPageRetries)
+	c.ConflictRetries = cmp.Or(c.ConflictRetries, DefaultConflictRetries)
+	c.Mode = cmp.Or(c.Mode, DefaultMode)
+	c.Namespace = cmp.Or(c.Namespace, DefaultNamespace)
 	return c
 }
 
@@ -89,16 +87,16 @@ func (c Config) Validate() error {
 		return fieldError(configErrorf("%s and %s are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN), FieldOldKey, FieldNewKey)
 	case c.Mode != Rekey && c.Mode != Rewrap:
 		return fieldError(configErrorf("%q: want rekey or rewrap", c.Mode), FieldMode)
-	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return fieldError(configErrorf("%d: want 1..100000", c.BatchSize), FieldBatchSize)
-	case c.Workers < 1 || c.Workers > 1024:
-		return fieldError(configErrorf("%d: want 1..1024", c.Workers), FieldWorkers)
-	case c.RangeWorkers < 1 || c.RangeWorkers > 64:
-		return fieldError(configErrorf("%d: want 1..64", c.RangeWorkers), FieldRangeWorkers)
-	case c.Ranges < 1 || c.Ranges > 100_000:
-		return fieldError(configErrorf("%d: want 1..100000", c.Ranges), FieldRanges)
-	case c.LeaseTTL < time.Second:
-		return fieldError(configErrorf("%s: want at least 1s", c.LeaseTTL), FieldLeaseTTL)
+	case c.BatchSize < MinBatchSize || c.BatchSize > MaxBatchSize:
+		return fieldError(configErrorf("%d: want %d..%d", c.BatchSize, MinBatchSize, MaxBatchSize), FieldBatchSize)
+	case c.Workers < 1 || c.Workers > MaxWorkers:
+		return fieldError(configErrorf("%d: want 1..%d", c.Workers, MaxWorkers), FieldWorkers)
+	case c.RangeWorkers < 1 || c.RangeWorkers > MaxRangeWorkers:
+		return fieldError(configErrorf("%d: want 1..%d", c.RangeWorkers, MaxRangeWorkers), FieldRangeWorkers)
+	case c.Ranges < 1 || c.Ranges > MaxRanges:
+		return fieldError(configErrorf("%d: want 1..%d", c.Ranges, MaxRanges), FieldRanges)
+	case c.LeaseTTL < MinLeaseTTL:
+		return fieldError(configErrorf("%s: want at least %s", c.LeaseTTL, MinLeaseTTL), FieldLeaseTTL)
 	}
 	return nil
 }

@@ -1,0 +1,39 @@
+package batch
+
+import "time"
+
+// The engine's defaults and bounds, each written once: Config.withDefaults
+// and Config.Validate use them, and package config fills and checks the
+// variables that set them (BATCH_SIZE, RANGE_WORKERS, LEASE_TTL, ...) from
+// them too.
+const (
+	DefaultBatchSize = 1000 // rows per page and per transaction
+	MinBatchSize     = 1
+	MaxBatchSize     = 100_000
+
+	DefaultWorkers = 16 // KMS calls in flight per page
+	MaxWorkers     = 1024
+
+	// Three, not two: while one range's page reads, commits or waits for
+	// its slowest KMS answers, the other two keep KMS busy (bench, 50,000
+	// legacy rows: rekey +6 %, 0.90 of the KMS ceiling instead of 0.80).
+	DefaultRangeWorkers = 3
+	MaxRangeWorkers     = 64
+
+	DefaultRanges = 64 // most ranges a pass is cut into; see planRanges
+	MaxRanges     = 100_000
+
+	DefaultLeaseTTL = 30 * time.Second
+	MinLeaseTTL     = time.Second
+
+	DefaultPageTimeout = 2 * time.Minute
+	DefaultLockTimeout = 5 * time.Second
+	DefaultStopGrace   = 10 * time.Second
+
+	DefaultPageRetries     = 6
+	DefaultConflictRetries = 3
+
+	DefaultMode      = Rekey
+	DefaultTable     = "payment_methods" // the runbook's token table
+	DefaultNamespace = DefaultTable      // envelope AAD namespace: by convention the table's name
+)
