@@ -37,3 +37,15 @@ const (
 	DefaultTable     = "payment_methods" // the runbook's token table
 	DefaultNamespace = DefaultTable      // envelope AAD namespace: by convention the table's name
 )
+
+// ExactMaxRows is the largest table, by the planner's estimate
+// (pg_class.reltuples), that is read in full where a figure is better
+// exact: planRanges cuts its ranges at row positions (two index scans of
+// the key column, so every range holds whole pages), and the command's
+// progress total is a count(*). Above it the estimate is used: ranges are
+// cut at quantiles of a sample of the ids, and the total is the estimate.
+// One threshold, so that "a small table" means one thing; 10 million rows
+// is where the exact cut's two index scans stop being small beside a run
+// (a few seconds against hours), and a count(*) of that many rows is
+// bounded by the progress reporter's timeout anyway.
+const ExactMaxRows = 10_000_000

@@ -40,6 +40,6 @@
 // conflicted. The other half is the command's full recount of the rows
 // under OLD (package census), which this package cannot import.
 //
-// Ranges are cut at row positions up to exactPlanMaxRows, and above it at
+// Ranges are cut at row positions up to ExactMaxRows, and above it at
 // quantiles of a page sample of the real ids (plan.go).
 package batch
