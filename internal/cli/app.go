@@ -422,7 +422,7 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
 	}
-	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
+	pc.MaxConns = batch.PoolConns(a.cfg.RangeWorkers) // one per range worker, and spares (batch.PoolSpareConns)
 	pinSession(pc)
 	if err := a.iamAuth(ctx, pc, "DATABASE_URL"); err != nil {
 		return nil, err

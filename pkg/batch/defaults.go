@@ -38,6 +38,23 @@ const (
 	DefaultNamespace = DefaultTable      // envelope AAD namespace: by convention the table's name
 )
 
+// PoolSpareConns is how many database connections a run has beside one
+// per range worker (PoolConns). A range worker uses one connection at a
+// time: its page's read, then (after the KMS work, which holds none) its
+// page transaction; its claims and status reads come between pages. Beside
+// the pages run the range workers' lease renewals (one short UPDATE each
+// every LeaseTTL/3), the command's progress reporter and pacer (status
+// reads, the pacer's controls and replica lag on the primary), and the
+// run's events: four spares let those go on while every range worker holds
+// its connection, so that a renewal does not queue behind page
+// transactions. A task that finds the pool full waits for a connection, it
+// does not fail; the pool grows with RangeWorkers alone (invariant 6).
+const PoolSpareConns = 4
+
+// PoolConns is the connection pool size for a run with rangeWorkers range
+// workers: one each, plus PoolSpareConns.
+func PoolConns(rangeWorkers int) int32 { return int32(rangeWorkers + PoolSpareConns) }
+
 // ExactMaxRows is the largest table, by the planner's estimate
 // (pg_class.reltuples), that is read in full where a figure is better
 // exact: planRanges cuts its ranges at row positions (two index scans of

@@ -493,7 +493,7 @@ func retryDelay(attempt int, n func(int64) int64) time.Duration {
 }
 
 // maxDeadConns bounds the immediate retries of one call on killed pooled
-// connections: more than a pool holds (the CLI's has RangeWorkers+4).
+// connections: more than a pool holds at the default RangeWorkers (PoolConns).
 const maxDeadConns = 16
 
 // connKilled reports an error of a connection the server terminated
