@@ -251,7 +251,7 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 	if err != nil {
 		return nil, err
 	}
-	pc.MaxConns = int32(cfg.RangeWorkers + 4) // as cmd/reencrypt
+	pc.MaxConns = batch.PoolConns(cfg.RangeWorkers) // as cmd/reencrypt
 	pc.ConnConfig.RuntimeParams["application_name"] = "reencrypt"
 	pool, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {

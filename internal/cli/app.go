@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -350,6 +351,7 @@ func (inv *invocation) execute(cmd *cobra.Command, c command, given map[string]*
 	if r := batch.Refused(err); r != nil {
 		err = a.explainRefusal(strings.TrimPrefix(path, "reencrypt "), r)
 	}
+	err = nameFields(err)
 	code := exitCode(err)
 	if err != nil {
 		a.failed(path, err, code)
@@ -421,7 +423,7 @@ func (a *app) db(ctx context.Context) (*pgxpool.Pool, error) {
 	if err != nil {
 		return nil, configError("DATABASE_URL: %v", redactErr(err))
 	}
-	pc.MaxConns = int32(a.cfg.RangeWorkers + 4)
+	pc.MaxConns = batch.PoolConns(a.cfg.RangeWorkers) // one per range worker, and spares (batch.PoolSpareConns)
 	pinSession(pc)
 	if err := a.iamAuth(ctx, pc, "DATABASE_URL"); err != nil {
 		return nil, err
@@ -501,14 +503,45 @@ func (a *app) close() {
 	}
 }
 
-type cfgError struct{ msg string }
-
-func (e *cfgError) Error() string        { return e.msg }
-func (e *cfgError) Is(target error) bool { return target == batch.ErrConfig }
-
-func configError(format string, args ...any) error {
-	return &cfgError{msg: fmt.Sprintf(format, args...)}
+// fieldVariables is the variable a user sets for each of the engine's
+// fields (batch.FieldError).
+var fieldVariables = map[batch.Field]string{
+	batch.FieldDatabase:     "DATABASE_URL",
+	batch.FieldOldKey:       "OLD_KEY_ID",
+	batch.FieldNewKey:       "NEW_KEY_ID",
+	batch.FieldNamespace:    "NAMESPACE",
+	batch.FieldMode:         "MODE",
+	batch.FieldBatchSize:    "BATCH_SIZE",
+	batch.FieldWorkers:      "KMS_CONCURRENCY",
+	batch.FieldRangeWorkers: "RANGE_WORKERS",
+	batch.FieldRanges:       "RANGES",
+	batch.FieldLeaseTTL:     "LEASE_TTL",
 }
+
+// nameFields rewrites the message of an error that holds a
+// *batch.FieldError so that it names the variables to fix (OLD_KEY_ID, not
+// "old key"); the error still matches what it matched.
+func nameFields(err error) error {
+	var fe *batch.FieldError
+	if !errors.As(err, &fe) {
+		return err
+	}
+	named := fe.Named(func(f batch.Field) string { return cmp.Or(fieldVariables[f], string(f)) })
+	return &namedError{msg: strings.Replace(err.Error(), fe.Error(), named, 1), err: err}
+}
+
+// namedError is an error with its message rewritten by nameFields.
+type namedError struct {
+	msg string
+	err error
+}
+
+func (e *namedError) Error() string { return e.msg }
+func (e *namedError) Unwrap() error { return e.err }
+
+// configError is a configuration the command refuses (batch.ErrConfig,
+// exit 78).
+func configError(format string, args ...any) error { return batch.ConfigErrorf(format, args...) }
 
 // redactErr keeps a connection-string parse error from echoing a password.
 func redactErr(err error) string {

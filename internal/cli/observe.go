@@ -341,7 +341,8 @@ func (p *progress) logLine() {
 
 // estimateRows is what a pass reads: the planner's estimate for a big table,
 // an exact count for a small one (where the estimate is often missing right
-// after a bulk load). 0 when neither is available in time.
+// after a bulk load), "small" meaning what it means to the range planner
+// (batch.ExactMaxRows). 0 when neither is available in time.
 func estimateRows(ctx context.Context, db batch.DB, spec tokentable.Spec) int64 {
 	if db == nil {
 		return 0
@@ -351,7 +352,7 @@ func estimateRows(ctx context.Context, db batch.DB, spec tokentable.Spec) int64 
 	if err := db.QueryRow(ctx, `SELECT coalesce((SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)), -1)`, name).Scan(&est); err != nil {
 		return 0
 	}
-	if est >= 1_000_000 {
+	if est > batch.ExactMaxRows {
 		return int64(est)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)

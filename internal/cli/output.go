@@ -124,20 +124,9 @@ func isKeyError(err error) bool {
 	return err != nil && (errors.Is(err, kmsclient.ErrKeyUnusable) || errors.Is(err, batch.ErrConfig))
 }
 
-// tempError marks an environment failure worth a retry (exit 75), like the
-// engine's transient errors.
-type tempError struct{ err error }
-
-func (e *tempError) Error() string        { return e.err.Error() }
-func (e *tempError) Unwrap() error        { return e.err }
-func (e *tempError) Is(target error) bool { return target == batch.ErrTransient }
-
-func tempErr(err error) error {
-	if err == nil || errors.Is(err, batch.ErrTransient) {
-		return err
-	}
-	return &tempError{err}
-}
+// tempErr marks an environment failure worth a retry (batch.Transient,
+// exit 75).
+func tempErr(err error) error { return batch.Transient(err) }
 
 // shortTime prints a database timestamp in UTC, to the second.
 func shortTime(t *time.Time) string {

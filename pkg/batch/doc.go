@@ -27,8 +27,11 @@
 //     number of range workers, a bounded data-key cache and a KMS budget. A
 //     page transaction holds its locks for a bounded time even if its
 //     process freezes (pageTxSettings), and locks its rows in id order.
-//  7. Bad rows do not wedge the run: they become RowErrors, are quarantined
-//     and counted, and the cursor moves past them.
+//  7. Bad rows do not wedge the run: a token that cannot be parsed or
+//     opened is no error of the page but one of its results (outQuarantine
+//     with the row's error class, a tokentable.Class), recorded in the page's
+//     transaction with its row id and class only, counted, and the cursor
+//     moves past it. Only errors of the environment abort a page.
 //  8. No secrets leak: data keys are zeroed after use and redact themselves;
 //     errors carry row ids and classes only.
 //
@@ -39,6 +42,6 @@
 // count as conflicted. The other half is the command's full recount of the
 // rows under OLD (package census), independent of the engine's own counts.
 //
-// Ranges are cut at row positions up to exactPlanMaxRows, and above it at
+// Ranges are cut at row positions up to ExactMaxRows, and above it at
 // quantiles of a page sample of the real ids (plan.go).
 package batch

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"time"
 
@@ -32,23 +33,24 @@ const (
 	Rewrap Mode = "rewrap"
 )
 
-// Config is the engine's tuning. Zero values take the defaults below.
+// Config is the engine's tuning. Zero values take the engine's defaults
+// (the Default* constants, defaults.go).
 type Config struct {
 	Table     *tokentable.Table
 	Old, New  kmsclient.Key
 	Mode      Mode
 	Namespace string
 
-	BatchSize       int           // rows per page (1000)
-	Workers         int           // KMS calls in flight per page (16)
-	RangeWorkers    int           // ranges worked at once by this process (3)
-	Ranges          int           // most ranges a pass is cut into (64); see planRanges
-	LeaseTTL        time.Duration // lease length; renewed at a third of it (30s)
-	PageTimeout     time.Duration // one page, KMS and commit included (2m)
-	LockTimeout     time.Duration // a page's longest wait for a row lock (5s); see pageTxSettings
-	StopGrace       time.Duration // time to finish the page in flight on shutdown (10s)
-	PageRetries     int           // transient failures of one page before giving up (6)
-	ConflictRetries int           // re-reads of rows the live API changed (3)
+	BatchSize       int           // rows per page
+	Workers         int           // KMS calls in flight per page
+	RangeWorkers    int           // ranges worked at once by this process
+	Ranges          int           // most ranges a pass is cut into; see planRanges
+	LeaseTTL        time.Duration // lease length; renewed at a third of it
+	PageTimeout     time.Duration // one page, KMS and commit included
+	LockTimeout     time.Duration // a page's longest wait for a row lock; see pageTxSettings
+	StopGrace       time.Duration // time to finish the page in flight on shutdown
+	PageRetries     int           // transient failures of one page before giving up
+	ConflictRetries int           // re-reads of rows the live API changed
 	Owner           string        // this process in leases and logs
 
 	// Pacer, when set, is asked before every page and told how long every
@@ -59,21 +61,18 @@ type Config struct {
 }
 
 func (c Config) withDefaults() Config {
-	c.BatchSize = cmp.Or(c.BatchSize, 1000)
-	c.Workers = cmp.Or(c.Workers, 16)
-	// Three, not two: while one range's page reads, commits or waits for
-	// its slowest KMS answers, the other two keep KMS busy (bench, 50,000
-	// legacy rows: rekey +6 %, 0.90 of the KMS ceiling instead of 0.80).
-	c.RangeWorkers = cmp.Or(c.RangeWorkers, 3)
-	c.Ranges = cmp.Or(c.Ranges, 64)
-	c.LeaseTTL = cmp.Or(c.LeaseTTL, 30*time.Second)
-	c.PageTimeout = cmp.Or(c.PageTimeout, 2*time.Minute)
-	c.LockTimeout = cmp.Or(c.LockTimeout, 5*time.Second)
-	c.StopGrace = cmp.Or(c.StopGrace, 10*time.Second)
-	c.PageRetries = cmp.Or(c.PageRetries, 6)
-	c.ConflictRetries = cmp.Or(c.ConflictRetries, 3)
-	c.Mode = cmp.Or(c.Mode, Rekey)
-	c.Namespace = cmp.Or(c.Namespace, "payment_methods")
+	c.BatchSize = cmp.Or(c.BatchSize, DefaultBatchSize)
+	c.Workers = cmp.Or(c.Workers, DefaultWorkers)
+	c.RangeWorkers = cmp.Or(c.RangeWorkers, DefaultRangeWorkers)
+	c.Ranges = cmp.Or(c.Ranges, DefaultRanges)
+	c.LeaseTTL = cmp.Or(c.LeaseTTL, DefaultLeaseTTL)
+	c.PageTimeout = cmp.Or(c.PageTimeout, DefaultPageTimeout)
+	c.LockTimeout = cmp.Or(c.LockTimeout, DefaultLockTimeout)
+	c.StopGrace = cmp.Or(c.StopGrace, DefaultStopGrace)
+	c.PageRetries = cmp.Or(c.PageRetries, DefaultPageRetries)
+	c.ConflictRetries = cmp.Or(c.ConflictRetries, DefaultConflictRetries)
+	c.Mode = cmp.Or(c.Mode, DefaultMode)
+	c.Namespace = cmp.Or(c.Namespace, DefaultNamespace)
 	return c
 }
 
@@ -83,21 +82,21 @@ func (c Config) Validate() error {
 	case c.Table == nil:
 		return configErrorf("no table")
 	case c.Old.ARN == "" || c.New.ARN == "":
-		return configErrorf("both keys must be resolved to ARNs")
+		return fieldError(configErrorf("both keys must be resolved to ARNs"), FieldOldKey, FieldNewKey)
 	case c.Old.ARN == c.New.ARN:
-		return configErrorf("OLD_KEY_ID (%s) and NEW_KEY_ID (%s) are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN)
+		return fieldError(configErrorf("%s and %s are the same key %s", c.Old.Ref, c.New.Ref, c.Old.ARN), FieldOldKey, FieldNewKey)
 	case c.Mode != Rekey && c.Mode != Rewrap:
-		return configErrorf("mode %q: want rekey or rewrap", c.Mode)
-	case c.BatchSize < 1 || c.BatchSize > 100_000:
-		return configErrorf("batch size %d: want 1..100000", c.BatchSize)
-	case c.Workers < 1 || c.Workers > 1024:
-		return configErrorf("workers %d: want 1..1024", c.Workers)
-	case c.RangeWorkers < 1 || c.RangeWorkers > 64:
-		return configErrorf("range workers %d: want 1..64", c.RangeWorkers)
-	case c.Ranges < 1 || c.Ranges > 100_000:
-		return configErrorf("ranges %d: want 1..100000", c.Ranges)
-	case c.LeaseTTL < time.Second:
-		return configErrorf("lease ttl %s: want at least 1s", c.LeaseTTL)
+		return fieldError(configErrorf("%q: want rekey or rewrap", c.Mode), FieldMode)
+	case c.BatchSize < MinBatchSize || c.BatchSize > MaxBatchSize:
+		return fieldError(configErrorf("%d: want %d..%d", c.BatchSize, MinBatchSize, MaxBatchSize), FieldBatchSize)
+	case c.Workers < 1 || c.Workers > MaxWorkers:
+		return fieldError(configErrorf("%d: want 1..%d", c.Workers, MaxWorkers), FieldWorkers)
+	case c.RangeWorkers < 1 || c.RangeWorkers > MaxRangeWorkers:
+		return fieldError(configErrorf("%d: want 1..%d", c.RangeWorkers, MaxRangeWorkers), FieldRangeWorkers)
+	case c.Ranges < 1 || c.Ranges > MaxRanges:
+		return fieldError(configErrorf("%d: want 1..%d", c.Ranges, MaxRanges), FieldRanges)
+	case c.LeaseTTL < MinLeaseTTL:
+		return fieldError(configErrorf("%s: want at least %s", c.LeaseTTL, MinLeaseTTL), FieldLeaseTTL)
 	}
 	return nil
 }
@@ -122,6 +121,8 @@ type Engine struct {
 	sql     statements
 	details []byte // the audit details shared by every row of the run
 
+	jitter func(n int64) int64 // retry backoff draws: rand.Int64N
+
 	run   checkpoint.Run
 	mu    sync.Mutex
 	total checkpoint.Counts // what this process did
@@ -137,7 +138,8 @@ func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log 
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table)}, nil
+	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table),
+		jitter: rand.Int64N}, nil
 }
 
 // Spec is the run this engine works on.
@@ -412,14 +414,16 @@ func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
 	}
 }
 
-// pageWithRetry runs one page, retrying transient failures with capped
-// exponential backoff. Key, configuration and fencing errors are not retried.
+// pageWithRetry runs one page, retrying transient failures (IsTransient)
+// with capped, jittered exponential backoff. Nothing else is retried: key,
+// configuration and fencing errors, and errors no one recognises (a bug
+// fails fast).
 func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *slog.Logger) (bool, error) {
 	var done bool
 	err := e.retry(ctx, "page", log, func() error {
 		var err error
 		done, err = e.page(ctx, l, log)
-		if err != nil && retryable(err) {
+		if err != nil && IsTransient(err) {
 			e.metrics.PageFailures.Inc()
 		}
 		return err
@@ -430,14 +434,13 @@ func (e *Engine) pageWithRetry(ctx context.Context, l *checkpoint.Lease, log *sl
 	return done, nil
 }
 
-// retry runs fn (a page, a claim, a status read), retrying failures that
-// may pass (a terminated connection, a database restart, throttling) with
-// capped exponential backoff (a failed page has been rolled back). Claims and
-// status reads need it as much as pages: without it one dropped pooled
-// connection stops a worker that was merely polling for work, and with it
-// every sibling.
+// retry runs fn (a page, a claim, a status read), retrying the failures
+// IsTransient recognises (a terminated connection, a database restart,
+// throttling) with capped exponential backoff and full jitter (a failed page
+// has been rolled back). Claims and status reads need it as much as pages:
+// without it one dropped pooled connection stops a worker that was merely
+// polling for work, and with it every sibling.
 func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn func() error) error {
-	backoff := 500 * time.Millisecond
 	deadConns := 0 // pooled connections found killed, retried at once
 	for attempt := 1; ; attempt++ {
 		err := fn()
@@ -454,24 +457,41 @@ func (e *Engine) retry(ctx context.Context, what string, log *slog.Logger, fn fu
 			log.Debug(what+": pooled connection was killed; retrying at once", "err", err)
 			continue
 		}
-		if !retryable(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
-			if retryable(err) {
+		if !IsTransient(err) || ctx.Err() != nil || attempt >= e.cfg.PageRetries {
+			if IsTransient(err) {
 				err = transient(err)
 			}
 			return fmt.Errorf("%s: %w", what, err)
 		}
+		backoff := retryDelay(attempt, e.jitter)
 		log.Warn(what+" failed; retrying", "attempt", attempt, "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-time.After(backoff):
 		}
-		backoff = min(backoff*2, 15*time.Second)
 	}
 }
 
+// The backoff between tries of retry: the ceiling doubles from
+// retryBackoffBase up to retryBackoffCap, and the delay is drawn uniformly
+// below it ("full jitter"), so that the pods of a Job that failed together
+// (a database failover) do not come back together, in lockstep, every time.
+const (
+	retryBackoffBase = 500 * time.Millisecond
+	retryBackoffCap  = 15 * time.Second
+)
+
+// retryDelay is the delay before try attempt+1: uniform in [0, ceiling)
+// where ceiling is min(retryBackoffCap, retryBackoffBase·2^(attempt−1)).
+// n draws in [0, n) (rand.Int64N; tests pass a seeded source).
+func retryDelay(attempt int, n func(int64) int64) time.Duration {
+	ceiling := min(retryBackoffBase<<min(max(attempt-1, 0), 16), retryBackoffCap)
+	return time.Duration(n(int64(ceiling)))
+}
+
 // maxDeadConns bounds the immediate retries of one call on killed pooled
-// connections: more than a pool holds (the CLI's has RangeWorkers+4).
+// connections: more than a pool holds at the default RangeWorkers (PoolConns).
 const maxDeadConns = 16
 
 // connKilled reports an error of a connection the server terminated
@@ -480,43 +500,6 @@ const maxDeadConns = 16
 func connKilled(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02")
-}
-
-// ErrTransient marks failures worth retrying later: database or KMS out of
-// reach, throttling past the retries.
-var ErrTransient = errors.New("transient failure")
-
-type transientError struct{ err error }
-
-func (e *transientError) Error() string        { return e.err.Error() }
-func (e *transientError) Unwrap() error        { return e.err }
-func (e *transientError) Is(target error) bool { return target == ErrTransient }
-
-func transient(err error) error {
-	if err == nil || errors.Is(err, ErrTransient) {
-		return err
-	}
-	return &transientError{err}
-}
-
-func retryable(err error) bool {
-	switch {
-	case errors.Is(err, checkpoint.ErrFenced),
-		errors.Is(err, kmsclient.ErrKeyUnusable),
-		errors.Is(err, ErrConfig),
-		errors.Is(err, errSelfCheck),
-		Refused(err) != nil:
-		return false
-	}
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		// Schema and permission problems will not fix themselves.
-		switch pgErr.Code[:2] {
-		case "42", "22", "23":
-			return false
-		}
-	}
-	return true
 }
 
 // Progress is what this process has done so far.

@@ -1,14 +1,18 @@
 package batch
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/reencrypt/reencrypt/pkg/checkpoint"
+	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
@@ -20,26 +24,94 @@ var ErrConfig = tokentable.ErrConfig
 // ErrInterrupted means the run stopped on a signal with work left; rerun it.
 var ErrInterrupted = errors.New("run interrupted")
 
+// ErrTransient marks failures worth retrying later: database or KMS out of
+// reach, throttling past the retries.
+var ErrTransient = errors.New("transient failure")
+
 type configError struct{ msg string }
 
 func (e *configError) Error() string        { return e.msg }
 func (e *configError) Is(target error) bool { return target == ErrConfig }
 
-func configErrorf(format string, args ...any) error {
+// ConfigErrorf is an ErrConfig with a message saying what to fix.
+func ConfigErrorf(format string, args ...any) error {
 	return &configError{msg: fmt.Sprintf(format, args...)}
 }
 
-// RowError is a row the engine left untouched because its token cannot be
-// read: it is quarantined and the page goes on. Class is a short error class
-// ("malformed", "auth_failed", ...); Err never holds token or key bytes.
-type RowError struct {
-	ID    string
-	Class string
-	Err   error
+func configErrorf(format string, args ...any) error { return ConfigErrorf(format, args...) }
+
+type transientError struct{ err error }
+
+func (e *transientError) Error() string        { return e.err.Error() }
+func (e *transientError) Unwrap() error        { return e.err }
+func (e *transientError) Is(target error) bool { return target == ErrTransient }
+
+// Transient marks err as worth a retry by rerunning (ErrTransient), for a
+// caller that knows better than IsTransient: a failure of the environment
+// it met where no database or KMS error says so.
+func Transient(err error) error {
+	if err == nil || errors.Is(err, ErrTransient) {
+		return err
+	}
+	return &transientError{err}
 }
 
-func (e *RowError) Error() string { return fmt.Sprintf("row %s: %s: %v", e.ID, e.Class, e.Err) }
-func (e *RowError) Unwrap() error { return e.Err }
+func transient(err error) error { return Transient(err) }
+
+// Field is one of the engine's settings, as a FieldError names it. The
+// command maps each to what a user sets (a variable, a flag): the engine
+// knows no variable names.
+type Field string
+
+// The fields Preflight and Config.Validate name.
+const (
+	FieldDatabase     Field = "database"
+	FieldOldKey       Field = "old key"
+	FieldNewKey       Field = "new key"
+	FieldNamespace    Field = "namespace"
+	FieldMode         Field = "mode"
+	FieldBatchSize    Field = "batch size"
+	FieldWorkers      Field = "workers"
+	FieldRangeWorkers Field = "range workers"
+	FieldRanges       Field = "ranges"
+	FieldLeaseTTL     Field = "lease ttl"
+)
+
+// Fields lists every Field, for a command that maps them all.
+func Fields() []Field {
+	return []Field{FieldDatabase, FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
+		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL}
+}
+
+// FieldError is a failure that settings explain: a value refused, or a
+// check that failed with it. Fields says which settings to look at; Err is
+// the failure, and its class (ErrConfig, ErrTransient,
+// kmsclient.ErrKeyUnusable) is the FieldError's.
+type FieldError struct {
+	Fields []Field
+	Err    error
+}
+
+func (e *FieldError) Error() string { return e.Named(func(f Field) string { return string(f) }) }
+func (e *FieldError) Unwrap() error { return e.Err }
+
+// Named is the error's message with each field called by name(field): the
+// command passes the variable a user sets.
+func (e *FieldError) Named(name func(Field) string) string {
+	names := make([]string, len(e.Fields))
+	for i, f := range e.Fields {
+		names[i] = name(f)
+	}
+	return strings.Join(names, ", ") + ": " + e.Err.Error()
+}
+
+// fieldError is err explained by fields (nil for nil).
+func fieldError(err error, fields ...Field) error {
+	if err == nil {
+		return nil
+	}
+	return &FieldError{Fields: fields, Err: err}
+}
 
 // PartialError is a run that finished its pass but left rows behind:
 // quarantined rows (a human must look) or rows the live API kept changing
@@ -55,22 +127,38 @@ func (e *PartialError) Error() string {
 		e.RunID, e.Quarantined, e.Conflicted)
 }
 
-// IsTransient reports whether err is worth a retry by rerunning: marked
-// transient by the engine, an interruption, or an error of the database
-// connection itself — a connection class (08), an operator intervention such
-// as pg_terminate_backend or a shutdown (57), insufficient resources (53), a
+// IsTransient is the one retry predicate: the engine retries a page, a
+// claim or a status read only when it holds, and the command exits 75
+// (retry) only when it holds. It is opt-in, like pgconn.SafeToRetry: an
+// error it does not recognise is a bug to look at, not retried.
+//
+// Never transient, whatever wraps them: a refusal (Refused, ErrConfig), an
+// unusable key (kmsclient.ErrKeyUnusable), a lost lease (checkpoint.ErrFenced:
+// the range belongs to another process now) and a failed self-check.
+// Transient: an error marked so (Transient) or an interruption; an error of
+// the database connection itself — a connection class (08), an operator
+// intervention such as pg_terminate_backend or a shutdown, or a statement
+// cancelled by statement_timeout (57), insufficient resources (53), a
 // serialization failure or deadlock (40), a system error (58), a lock or
-// idle-in-transaction timeout (55P03, 25P03) — or of the network. A
-// refusal (Refused) never is, even when marked transient by its caller.
+// idle-in-transaction timeout (55P03, 25P03); KMS unavailable
+// (kmsclient.ErrUnavailable: throttling, 5xx); a deadline that ran out; and
+// errors of the network.
 func IsTransient(err error) bool {
-	if err == nil || Refused(err) != nil {
+	switch {
+	case err == nil, Refused(err) != nil,
+		errors.Is(err, ErrConfig),
+		errors.Is(err, kmsclient.ErrKeyUnusable),
+		errors.Is(err, checkpoint.ErrFenced),
+		errors.Is(err, errSelfCheck):
 		return false
-	}
-	if errors.Is(err, ErrTransient) || errors.Is(err, ErrInterrupted) {
+	case errors.Is(err, ErrTransient), errors.Is(err, ErrInterrupted):
 		return true
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
+		if len(pgErr.Code) != 5 {
+			return false
+		}
 		switch pgErr.Code[:2] {
 		case "08", "57", "53", "40", "58":
 			return true
@@ -79,9 +167,12 @@ func IsTransient(err error) bool {
 		// idle_in_transaction_session_timeout (a frozen process).
 		return pgErr.Code == "55P03" || pgErr.Code == "25P03"
 	}
+	if errors.Is(err, kmsclient.ErrUnavailable) {
+		return true
+	}
 	var connectErr *pgconn.ConnectError
 	var netErr net.Error
-	return errors.As(err, &connectErr) || errors.As(err, &netErr) ||
+	return errors.As(err, &connectErr) || errors.As(err, &netErr) || errors.Is(err, context.DeadlineExceeded) ||
 		errors.Is(err, pgconn.ErrConnClosed) || pgconn.Timeout(err) || pgconn.SafeToRetry(err) ||
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.EPIPE)

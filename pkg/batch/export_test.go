@@ -8,7 +8,7 @@ import (
 )
 
 // PlanRangesAbove exposes planRangesAbove to the external tests: a small
-// table cut the way one above exactPlanMaxRows is.
+// table cut the way one above ExactMaxRows is.
 func PlanRangesAbove(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
 	return planRangesAbove(ctx, db, t, n, pageRows, exactMax)
 }

@@ -11,14 +11,9 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
 )
 
-// exactPlanMaxRows is the largest table (by the planner's estimate) that
-// planRanges cuts at row positions. Above it one short page per range is
-// noise, and two index scans of the whole key column are not.
-const exactPlanMaxRows = 10_000_000
-
 // planRanges cuts the table into about n ranges of (lower, upper].
 //
-// Tables up to exactPlanMaxRows rows are cut at row positions so that every
+// Tables up to ExactMaxRows rows are cut at row positions so that every
 // range holds a whole number of pages: every page but the pass's last is
 // full, so a rekey's data key per page covers BatchSize rows and the next
 // rotation's pages line up with those data keys (one Decrypt and one
@@ -29,9 +24,10 @@ const exactPlanMaxRows = 10_000_000
 // (quantileRanges), uuid and integer alike: ranges hold similar row counts
 // even when the ids are not spread evenly over the key space. Either way the
 // first range has no lower bound and the last no upper bound, so rows
-// inserted later are still read.
+// inserted later are still read. Above ExactMaxRows one short page per
+// range is noise, and two index scans of the whole key column are not.
 func planRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) ([]checkpoint.Bounds, error) {
-	return planRangesAbove(ctx, db, t, n, pageRows, exactPlanMaxRows)
+	return planRangesAbove(ctx, db, t, n, pageRows, ExactMaxRows)
 }
 
 // planRangesAbove is planRanges with the exact planner's threshold given:
@@ -72,7 +68,7 @@ type RangePlan struct {
 // planRanges, with the run's RANGES and BATCH_SIZE), for `plan` to count
 // the pages and data keys the run will really make. It only reads.
 func PlanRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) (RangePlan, error) {
-	b, whole, err := cutRanges(ctx, db, t, n, pageRows, exactPlanMaxRows)
+	b, whole, err := cutRanges(ctx, db, t, n, pageRows, ExactMaxRows)
 	return RangePlan{Ranges: len(b), WholePages: whole}, err
 }
 

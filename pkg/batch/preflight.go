@@ -27,16 +27,24 @@ type Checked struct {
 // sampled rows under OLD actually open with this namespace (rekey) or are
 // re-encrypted by KMS with it (rewrap). It writes nothing. When the only
 // refusal is a NULL-able id column, it returns the Checked along with the
-// *tokentable.NullableIDError.
+// *tokentable.NullableIDError. A refusal a setting explains is a *FieldError naming it
+// (the command names the variable to fix).
 func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable.Spec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
 	if oldRef == "" || newRef == "" {
-		return nil, configErrorf("OLD_KEY_ID and NEW_KEY_ID are both required")
+		var missing []Field
+		if oldRef == "" {
+			missing = append(missing, FieldOldKey)
+		}
+		if newRef == "" {
+			missing = append(missing, FieldNewKey)
+		}
+		return nil, fieldError(configErrorf("required"), missing...)
 	}
 	// The probes go around the data-key cache: a sampled key met again by
 	// the run would otherwise look shared and stay in memory.
 	kc = kmsclient.NewClient(kc.API(), namespace, nil)
 	if err := db.QueryRow(ctx, `SELECT 1`).Scan(new(int)); err != nil {
-		return nil, transient(fmt.Errorf("cannot reach the database (check DATABASE_URL): %w", err))
+		return nil, fieldError(transient(fmt.Errorf("cannot reach the database: %w", err)), FieldDatabase)
 	}
 	t, err := tokentable.Inspect(ctx, db, spec)
 	var nullable *tokentable.NullableIDError
@@ -44,23 +52,30 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable
 		return nil, err
 	}
 	c := &Checked{Table: t}
-	if c.Old, err = resolve(ctx, kc, "OLD_KEY_ID", oldRef); err != nil {
-		return nil, err
+	if c.Old, err = resolve(ctx, kc, oldRef); err != nil {
+		return nil, fieldError(err, FieldOldKey)
 	}
-	if c.New, err = resolve(ctx, kc, "NEW_KEY_ID", newRef); err != nil {
-		return nil, err
+	if c.New, err = resolve(ctx, kc, newRef); err != nil {
+		return nil, fieldError(err, FieldNewKey)
 	}
 	if c.Old.ARN == c.New.ARN {
-		return nil, configErrorf("OLD_KEY_ID %q and NEW_KEY_ID %q are the same KMS key %s: nothing to rotate", oldRef, newRef, c.Old.ARN)
+		return nil, fieldError(configErrorf("%q and %q are the same KMS key %s: nothing to rotate", oldRef, newRef, c.Old.ARN),
+			FieldOldKey, FieldNewKey)
 	}
 	if c.KMSLatency, err = RoundTrip(ctx, kc, c.New.ARN, namespace); err != nil {
-		return nil, err
+		if IsTransient(err) {
+			return nil, err
+		}
+		return nil, fieldError(err, FieldNewKey)
 	}
 	check := sampleOld
 	if mode == Rewrap {
 		check = sampleRewrap
 	}
 	if err := check(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
+		if errors.Is(err, ErrConfig) {
+			return nil, fieldError(err, FieldNamespace, FieldOldKey)
+		}
 		return nil, err
 	}
 	if nullable != nil {
@@ -69,16 +84,16 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable
 	return c, nil
 }
 
-func resolve(ctx context.Context, kc *kmsclient.Client, name, ref string) (kmsclient.Key, error) {
+func resolve(ctx context.Context, kc *kmsclient.Client, ref string) (kmsclient.Key, error) {
 	k, err := kmsclient.Resolve(ctx, kc.API(), ref)
 	if err != nil {
 		if errors.Is(err, kmsclient.ErrKeyUnusable) {
-			return k, fmt.Errorf("%s %q: %w", name, ref, err)
+			return k, fmt.Errorf("%q: %w", ref, err)
 		}
-		return k, transient(fmt.Errorf("%s %q: %w", name, ref, err))
+		return k, transient(fmt.Errorf("%q: %w", ref, err))
 	}
 	if err := k.Usable(); err != nil {
-		return k, fmt.Errorf("%s: %w", name, err)
+		return k, err
 	}
 	return k, nil
 }
@@ -153,7 +168,7 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.T
 		}
 	}
 	if tried >= minTries && !anyOpens(ctx, kc, sample, newARN, ns) {
-		return configErrorf("%d sampled tokens under the old key do not open with namespace %q: check NAMESPACE and OLD_KEY_ID before every row gets quarantined", tried, ns)
+		return configErrorf("%d sampled tokens under the old key do not open with namespace %q: check both before every row gets quarantined", tried, ns)
 	}
 	return nil
 }
@@ -192,7 +207,7 @@ func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentabl
 		}
 	}
 	if len(tried) > 0 && !anyOpens(ctx, kc, sample, newARN, ns) {
-		return configErrorf("KMS rejected all %d sampled wrapped keys under the old key with encryption context namespace=%q: check NAMESPACE (and OLD_KEY_ID) before every row gets quarantined", len(tried), ns)
+		return configErrorf("KMS rejected all %d sampled wrapped keys under the old key with encryption context namespace=%q: check both before every row gets quarantined", len(tried), ns)
 	}
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strings"
 	"testing"
 
@@ -33,11 +34,12 @@ func TestPreflightRefuses(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
 		prepare func(t *testing.T, e *fixture.Env, s *setup)
-		is      error    // errors.Is target; nil = must pass
-		says    []string // substrings of the message
+		is      error         // errors.Is target; nil = must pass
+		says    []string      // substrings of the message
+		fields  []batch.Field // the settings a *batch.FieldError names, if any
 	}{
 		{name: "good configuration passes", prepare: func(*testing.T, *fixture.Env, *setup) {}},
-		{name: "same key as alias and ARN", is: batch.ErrConfig, says: []string{"same KMS key", "OLD_KEY_ID", "NEW_KEY_ID"},
+		{name: "same key as alias and ARN", is: batch.ErrConfig, says: []string{"same KMS key"}, fields: []batch.Field{batch.FieldOldKey, batch.FieldNewKey},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.new = e.Old.ARN }},
 		{name: "unknown table", is: batch.ErrConfig, says: []string{"public.payment_methodz", "does not exist", "TABLE"},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.spec.Name = "payment_methodz" }},
@@ -52,22 +54,22 @@ func TestPreflightRefuses(t *testing.T) {
 				e.Exec(`CREATE TABLE text_tokens (id uuid PRIMARY KEY, encrypted_token text)`)
 				s.spec.Name = "text_tokens"
 			}},
-		{name: "disabled new key", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "Disabled"},
+		{name: "disabled new key", is: kmsclient.ErrKeyUnusable, says: []string{"Disabled"}, fields: []batch.Field{batch.FieldNewKey},
 			prepare: func(t *testing.T, e *fixture.Env, s *setup) { disable(t, e, e.New) }},
-		{name: "disabled old key", is: kmsclient.ErrKeyUnusable, says: []string{"OLD_KEY_ID", "Disabled"},
+		{name: "disabled old key", is: kmsclient.ErrKeyUnusable, says: []string{"Disabled"}, fields: []batch.Field{batch.FieldOldKey},
 			prepare: func(t *testing.T, e *fixture.Env, s *setup) { disable(t, e, e.Old) }},
-		{name: "new key pending deletion", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "PendingDeletion"},
+		{name: "new key pending deletion", is: kmsclient.ErrKeyUnusable, says: []string{"PendingDeletion"}, fields: []batch.Field{batch.FieldNewKey},
 			prepare: func(t *testing.T, e *fixture.Env, s *setup) {
 				if _, err := e.API.ScheduleKeyDeletion(context.Background(), &kms.ScheduleKeyDeletionInput{
 					KeyId: aws.String(e.New.ID), PendingWindowInDays: aws.Int32(7)}); err != nil {
 					t.Fatal(err)
 				}
 			}},
-		{name: "unknown key", is: kmsclient.ErrKeyUnusable, says: []string{"NEW_KEY_ID", "alias/no-such-key"},
+		{name: "unknown key", is: kmsclient.ErrKeyUnusable, says: []string{"alias/no-such-key"}, fields: []batch.Field{batch.FieldNewKey},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.new = "alias/no-such-key-" + e.New.ID }},
-		{name: "wrong namespace", is: batch.ErrConfig, says: []string{"NAMESPACE", "do not open"},
+		{name: "wrong namespace", is: batch.ErrConfig, says: []string{"do not open"}, fields: []batch.Field{batch.FieldNamespace, batch.FieldOldKey},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.namespace = "payment_method" }},
-		{name: "unreachable database", is: batch.ErrTransient, says: []string{"cannot reach the database", "DATABASE_URL"},
+		{name: "unreachable database", is: batch.ErrTransient, says: []string{"cannot reach the database"}, fields: []batch.Field{batch.FieldDatabase},
 			prepare: func(t *testing.T, e *fixture.Env, s *setup) {
 				pool, err := pgxpool.New(context.Background(),
 					fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable&connect_timeout=5", closedPort(t)))
@@ -108,6 +110,18 @@ func TestPreflightRefuses(t *testing.T) {
 					t.Errorf("message %q does not say %q", err, w)
 				}
 			}
+			if tc.fields != nil {
+				var fe *batch.FieldError
+				if !errors.As(err, &fe) || !slices.Equal(fe.Fields, tc.fields) {
+					t.Errorf("Preflight: got %v, want a *batch.FieldError naming %v", err, tc.fields)
+				}
+				// (Inspect's refusals still name TABLE and its kin: the table
+				// spec moves to pkg/tokentable, issue 13 section 1.)
+				if strings.Contains(fmt.Sprint(err), "_KEY_ID") || strings.Contains(fmt.Sprint(err), "DATABASE_URL") ||
+					strings.Contains(fmt.Sprint(err), "NAMESPACE") {
+					t.Errorf("message %q names a variable of the command's: the engine names fields", err)
+				}
+			}
 			if errors.Is(err, kmsclient.ErrKeyUnusable) && errors.Is(err, batch.ErrConfig) {
 				t.Errorf("error %v is both a key and a configuration error", err)
 			}
@@ -134,7 +148,7 @@ func TestPreflightRefuses(t *testing.T) {
 // TestPreflightRewrapChecksNamespace: in rewrap mode no token is opened, so
 // Preflight has KMS re-encrypt one sampled wrapped key from OLD to NEW with
 // the configured encryption context; local-kms refuses a wrong context, and
-// Preflight must refuse the run naming NAMESPACE, writing nothing.
+// Preflight must refuse the run naming the namespace, writing nothing.
 func TestPreflightRewrapChecksNamespace(t *testing.T) {
 	t.Parallel()
 	e := fixture.New(t, "uuid")
@@ -151,8 +165,9 @@ func TestPreflightRewrapChecksNamespace(t *testing.T) {
 		if tc.want == nil && err != nil {
 			t.Fatalf("namespace %q: Preflight: %v, want nil", tc.ns, err)
 		}
-		if tc.want != nil && (!errors.Is(err, tc.want) || !strings.Contains(fmt.Sprint(err), "NAMESPACE")) {
-			t.Fatalf("namespace %q: Preflight: got %v, want %v naming NAMESPACE", tc.ns, err, tc.want)
+		var fe *batch.FieldError
+		if tc.want != nil && (!errors.Is(err, tc.want) || !errors.As(err, &fe) || !slices.Contains(fe.Fields, batch.FieldNamespace)) {
+			t.Fatalf("namespace %q: Preflight: got %v, want %v naming the namespace field", tc.ns, err, tc.want)
 		}
 		if n := api.reencrypt.Load(); n < 1 || n > 3 {
 			t.Errorf("namespace %q: %d ReEncrypt calls, want 1..3", tc.ns, n)

@@ -21,27 +21,33 @@ import (
 	"unicode/utf8"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
 )
 
-// Config holds every setting of every sub-command.
+// Config holds every setting of every sub-command. A setting the engine
+// owns (package batch) has no envDefault tag: Defaults fills it with the
+// engine's default before the environment is read, and caarlos0/env leaves
+// a field alone when its variable is unset and it has no envDefault. The
+// others default to their envDefault tag.
 type Config struct {
 	DatabaseURL string `env:"DATABASE_URL" help:"Postgres connection URL (keyword/value strings work too)"`
 	OldKeyID    string `env:"OLD_KEY_ID" help:"KMS key the tokens are under now: key id, ARN, alias/name or alias ARN"`
 	NewKeyID    string `env:"NEW_KEY_ID" help:"KMS key to move the tokens to: key id, ARN, alias/name or alias ARN"`
-	Mode        string `env:"MODE" envDefault:"rekey" help:"rekey (new data keys, tokens re-sealed) or rewrap (KMS ReEncrypt of each data key; no plaintext here)"`
-	BatchSize   int    `env:"BATCH_SIZE" envDefault:"1000" help:"rows per page and per transaction"`
+	Mode        string `env:"MODE" help:"rekey (new data keys, tokens re-sealed) or rewrap (KMS ReEncrypt of each data key; no plaintext here)"`
+	BatchSize   int    `env:"BATCH_SIZE" help:"rows per page and per transaction"`
 
 	// DatabaseIAMAuth: RDS IAM database authentication, a fresh token per
 	// connection from the AWS credentials (IRSA), no password (pkg/rdsauth).
 	DatabaseIAMAuth bool `env:"DATABASE_IAM_AUTH" envDefault:"false" help:"sign in to RDS/Aurora with an IAM token made per connection from the AWS credentials (IRSA) instead of a password; needs sslmode=require or verify-full"`
 
 	TableSchema   string `env:"TABLE_SCHEMA" envDefault:"public" help:"schema of the token and audit tables"`
-	Table         string `env:"TABLE" envDefault:"payment_methods" help:"table holding the tokens"`
+	Table         string `env:"TABLE" help:"table holding the tokens"`
 	IDColumn      string `env:"ID_COLUMN" envDefault:"id" help:"primary key column (uuid, bigint or integer)"`
 	TokenColumn   string `env:"TOKEN_COLUMN" envDefault:"encrypted_token" help:"bytea column holding envelope-v1 tokens"`
 	AuditTable    string `env:"AUDIT_TABLE" envDefault:"payment_method_audit" help:"audit table, one row per rotated token"`
 	AuditIDColumn string `env:"AUDIT_ID_COLUMN" envDefault:"payment_method_id" help:"audit column referencing the token row"`
-	Namespace     string `env:"NAMESPACE" envDefault:"payment_methods" help:"envelope AAD namespace and KMS encryption context"`
+	Namespace     string `env:"NAMESPACE" help:"envelope AAD namespace and KMS encryption context"`
 	StateSchema   string `env:"STATE_SCHEMA" envDefault:"reencrypt" help:"schema for reencrypt's own bookkeeping tables"`
 
 	KMSRateLimit   float64       `env:"KMS_RATE_LIMIT" envDefault:"1000" help:"KMS requests per second for the whole Job, shared by SHARD_COUNT pods (0 = unlimited)"`
@@ -53,11 +59,11 @@ type Config struct {
 	ShardIndex   int           `env:"SHARD_INDEX" envDefault:"-1" help:"this pod's index in the Job (default: JOB_COMPLETION_INDEX, else 0)"`
 	ShardCount   int           `env:"SHARD_COUNT" envDefault:"1" help:"pods sharing the work and the KMS budget"`
 	Ranges       int           `env:"RANGES" envDefault:"0" help:"most ranges a pass is cut into (0 = 16 per shard, at least 64); each holds whole pages, so a small table gets fewer"`
-	RangeWorkers int           `env:"RANGE_WORKERS" envDefault:"3" help:"ranges one process works at once (3 keeps KMS busy while a page reads and commits)"`
-	LeaseTTL     time.Duration `env:"LEASE_TTL" envDefault:"30s" help:"range lease; a dead pod's range is taken over after it"`
-	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" envDefault:"2m" help:"longest time for one page, KMS calls and commit included; also the statement_timeout of its transaction"`
-	LockTimeout  time.Duration `env:"LOCK_TIMEOUT" envDefault:"5s" help:"longest wait of a page transaction for a row lock held by another transaction (the page is then retried)"`
-	StopGrace    time.Duration `env:"STOP_GRACE" envDefault:"10s" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
+	RangeWorkers int           `env:"RANGE_WORKERS" help:"ranges one process works at once (3 keeps KMS busy while a page reads and commits)"`
+	LeaseTTL     time.Duration `env:"LEASE_TTL" help:"range lease; a dead pod's range is taken over after it"`
+	PageTimeout  time.Duration `env:"PAGE_TIMEOUT" help:"longest time for one page, KMS calls and commit included; also the statement_timeout of its transaction"`
+	LockTimeout  time.Duration `env:"LOCK_TIMEOUT" help:"longest wait of a page transaction for a row lock held by another transaction (the page is then retried)"`
+	StopGrace    time.Duration `env:"STOP_GRACE" help:"on SIGTERM, time the page in flight has to commit before it is rolled back"`
 
 	KMSAdaptive      bool          `env:"KMS_ADAPTIVE" envDefault:"true" help:"follow KMS throttling: the KMS rate backs off and recovers under KMS_RATE_LIMIT, together with the other pods (false: a fixed budget)"`
 	MaxRowsPerSecond float64       `env:"MAX_ROWS_PER_SECOND" envDefault:"0" help:"rows per second for the whole Job, split across the live pods (0 = unlimited)"`
@@ -77,14 +83,32 @@ type Variable struct {
 	Name    string // BATCH_SIZE
 	Flag    string // batch-size
 	Kind    string // int, float, duration, bool or string
-	Default string // the envDefault tag
+	Default string // the envDefault tag, or the engine's default (Defaults)
 	Help    string
 	Secret  bool // the value may hold a password: never shown as given
+}
+
+// Defaults is the configuration before the environment is read: the
+// engine's defaults for the settings it owns; every other field is zero
+// and takes its envDefault tag.
+func Defaults() Config {
+	return Config{
+		Mode:         string(batch.DefaultMode),
+		BatchSize:    batch.DefaultBatchSize,
+		Table:        batch.DefaultTable,
+		Namespace:    batch.DefaultNamespace,
+		RangeWorkers: batch.DefaultRangeWorkers,
+		LeaseTTL:     batch.DefaultLeaseTTL,
+		PageTimeout:  batch.DefaultPageTimeout,
+		LockTimeout:  batch.DefaultLockTimeout,
+		StopGrace:    batch.DefaultStopGrace,
+	}
 }
 
 // Variables lists every setting, in the order of Config's fields.
 func Variables() []Variable {
 	t := reflect.TypeOf(Config{})
+	defaults := reflect.ValueOf(Defaults())
 	out := make([]Variable, 0, t.NumField())
 	for i := range t.NumField() {
 		f := t.Field(i)
@@ -92,10 +116,31 @@ func Variables() []Variable {
 		if name == "" {
 			continue
 		}
+		def, ok := f.Tag.Lookup("envDefault")
+		if !ok && !defaults.Field(i).IsZero() {
+			def = defaultText(defaults.Field(i).Interface())
+		}
 		out = append(out, Variable{Name: name, Flag: FlagName(name), Kind: kindOf(f.Type),
-			Default: f.Tag.Get("envDefault"), Help: f.Tag.Get("help"), Secret: secretBearing[name]})
+			Default: def, Help: f.Tag.Get("help"), Secret: secretBearing[name]})
 	}
 	return out
+}
+
+// defaultText is a default as it would be written in an envDefault tag:
+// 2m, not 2m0s.
+func defaultText(v any) string {
+	d, ok := v.(time.Duration)
+	if !ok {
+		return fmt.Sprint(v)
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 // FlagName is the flag mirroring a variable: BATCH_SIZE → batch-size.
@@ -150,7 +195,8 @@ func Load(environ, flags map[string]string, only []string) (*Config, error) {
 		}
 		checked = func(name string) bool { return set[name] }
 	}
-	cfg := &Config{}
+	defaults := Defaults()
+	cfg := &defaults
 	if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
 		var errs []error
 		for _, e := range parseErrors(err, merged, flags) {
@@ -164,7 +210,8 @@ func Load(environ, flags map[string]string, only []string) (*Config, error) {
 		}
 		// Only variables the command does not read failed: they take
 		// their defaults rather than the zero value a failed field has.
-		cfg = &Config{}
+		defaults = Defaults()
+		cfg = &defaults
 		if err := env.ParseWithOptions(cfg, env.Options{Environment: merged}); err != nil {
 			return nil, err
 		}
@@ -269,11 +316,11 @@ func (c *Config) validate(checked func(name string) bool) error {
 			errs = append(errs, fmt.Errorf(format, args...))
 		}
 	}
-	if c.Mode != "rekey" && c.Mode != "rewrap" {
-		bad("MODE", "MODE %q: want rekey or rewrap", c.Mode)
+	if m := batch.Mode(c.Mode); m != batch.Rekey && m != batch.Rewrap {
+		bad("MODE", "MODE %q: want %s or %s", c.Mode, batch.Rekey, batch.Rewrap)
 	}
-	if c.BatchSize < 1 || c.BatchSize > 100_000 {
-		bad("BATCH_SIZE", "BATCH_SIZE %d: want 1..100000", c.BatchSize)
+	if c.BatchSize < batch.MinBatchSize || c.BatchSize > batch.MaxBatchSize {
+		bad("BATCH_SIZE", "BATCH_SIZE %d: want %d..%d", c.BatchSize, batch.MinBatchSize, batch.MaxBatchSize)
 	}
 	for name, val := range map[string]string{"TABLE_SCHEMA": c.TableSchema, "TABLE": c.Table, "ID_COLUMN": c.IDColumn,
 		"TOKEN_COLUMN": c.TokenColumn, "AUDIT_TABLE": c.AuditTable, "AUDIT_ID_COLUMN": c.AuditIDColumn, "STATE_SCHEMA": c.StateSchema} {
@@ -287,8 +334,8 @@ func (c *Config) validate(checked func(name string) bool) error {
 	if c.KMSRateLimit < 0 {
 		bad("KMS_RATE_LIMIT", "KMS_RATE_LIMIT %v: want >= 0", c.KMSRateLimit)
 	}
-	if c.KMSConcurrency < 0 || c.KMSConcurrency > 1024 {
-		bad("KMS_CONCURRENCY", "KMS_CONCURRENCY %d: want 0..1024", c.KMSConcurrency)
+	if c.KMSConcurrency < 0 || c.KMSConcurrency > batch.MaxWorkers {
+		bad("KMS_CONCURRENCY", "KMS_CONCURRENCY %d: want 0..%d", c.KMSConcurrency, batch.MaxWorkers)
 	}
 	if c.ShardCount < 1 || c.ShardCount > 10_000 {
 		bad("SHARD_COUNT", "SHARD_COUNT %d: want 1..10000", c.ShardCount)
@@ -296,14 +343,14 @@ func (c *Config) validate(checked func(name string) bool) error {
 	if c.ShardIndex < 0 || c.ShardIndex >= c.ShardCount {
 		bad("SHARD_INDEX", "SHARD_INDEX %d: want 0..SHARD_COUNT-1 (%d)", c.ShardIndex, c.ShardCount-1)
 	}
-	if c.Ranges < 0 || c.Ranges > 100_000 {
-		bad("RANGES", "RANGES %d: want 0..100000", c.Ranges)
+	if c.Ranges < 0 || c.Ranges > batch.MaxRanges {
+		bad("RANGES", "RANGES %d: want 0..%d", c.Ranges, batch.MaxRanges)
 	}
-	if c.RangeWorkers < 1 || c.RangeWorkers > 64 {
-		bad("RANGE_WORKERS", "RANGE_WORKERS %d: want 1..64", c.RangeWorkers)
+	if c.RangeWorkers < 1 || c.RangeWorkers > batch.MaxRangeWorkers {
+		bad("RANGE_WORKERS", "RANGE_WORKERS %d: want 1..%d", c.RangeWorkers, batch.MaxRangeWorkers)
 	}
-	if c.LeaseTTL < time.Second {
-		bad("LEASE_TTL", "LEASE_TTL %s: want at least 1s", c.LeaseTTL)
+	if c.LeaseTTL < batch.MinLeaseTTL {
+		bad("LEASE_TTL", "LEASE_TTL %s: want at least %s", c.LeaseTTL, batch.MinLeaseTTL)
 	}
 	if c.PageTimeout < time.Second {
 		bad("PAGE_TIMEOUT", "PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
@@ -365,12 +412,13 @@ func identifier(s string) error {
 	return nil
 }
 
-// Ranges is the number of ranges to plan: RANGES, or 16 per shard, at least 64.
+// RangeCount is the number of ranges to plan: RANGES, or 16 per shard, at
+// least the engine's default.
 func (c *Config) RangeCount() int {
 	if c.Ranges > 0 {
 		return c.Ranges
 	}
-	return max(64, 16*c.ShardCount)
+	return max(batch.DefaultRanges, 16*c.ShardCount)
 }
 
 // Redacted is the configuration as it may be logged: the database password

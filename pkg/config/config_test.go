@@ -2,9 +2,12 @@ package config
 
 import (
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/reencrypt/reencrypt/pkg/batch"
 )
 
 func TestEnvThenFlags(t *testing.T) {
@@ -154,5 +157,80 @@ func TestDatabaseIAMAuth(t *testing.T) {
 	}
 	if _, err := Load(map[string]string{"DATABASE_IAM_AUTH": "maybe"}, nil, nil); err == nil {
 		t.Error("DATABASE_IAM_AUTH=maybe accepted")
+	}
+}
+
+// TestEngineDefaultsWrittenOnce: the settings the engine owns take the
+// engine's defaults (package batch), not a copy in an envDefault tag: no
+// field has both, Load with nothing set gives the engine's values, and the
+// variables list shows them as a tag would.
+func TestEngineDefaultsWrittenOnce(t *testing.T) {
+	cfg, err := Load(map[string]string{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := batch.Config{BatchSize: batch.DefaultBatchSize, RangeWorkers: batch.DefaultRangeWorkers,
+		LeaseTTL: batch.DefaultLeaseTTL, PageTimeout: batch.DefaultPageTimeout, LockTimeout: batch.DefaultLockTimeout,
+		StopGrace: batch.DefaultStopGrace, Mode: batch.DefaultMode, Namespace: batch.DefaultNamespace}
+	got := batch.Config{BatchSize: cfg.BatchSize, RangeWorkers: cfg.RangeWorkers, LeaseTTL: cfg.LeaseTTL,
+		PageTimeout: cfg.PageTimeout, LockTimeout: cfg.LockTimeout, StopGrace: cfg.StopGrace,
+		Mode: batch.Mode(cfg.Mode), Namespace: cfg.Namespace}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("defaults after Load: got %+v, want the engine's %+v", got, want)
+	}
+	if cfg.Table != batch.DefaultTable {
+		t.Errorf("TABLE default %q, want the engine's %q", cfg.Table, batch.DefaultTable)
+	}
+	if cfg.RangeCount() != batch.DefaultRanges {
+		t.Errorf("RangeCount() = %d with one shard, want the engine's %d", cfg.RangeCount(), batch.DefaultRanges)
+	}
+
+	typ, defaults := reflect.TypeOf(Config{}), reflect.ValueOf(Defaults())
+	for i := range typ.NumField() {
+		f := typ.Field(i)
+		if _, tagged := f.Tag.Lookup("envDefault"); tagged && !defaults.Field(i).IsZero() {
+			t.Errorf("%s has an envDefault tag and an engine default: write it once", f.Tag.Get("env"))
+		}
+	}
+	byName := map[string]string{}
+	for _, v := range Variables() {
+		byName[v.Name] = v.Default
+	}
+	for name, want := range map[string]string{"MODE": "rekey", "BATCH_SIZE": "1000", "TABLE": "payment_methods",
+		"NAMESPACE": "payment_methods", "RANGE_WORKERS": "3", "LEASE_TTL": "30s", "PAGE_TIMEOUT": "2m",
+		"LOCK_TIMEOUT": "5s", "STOP_GRACE": "10s", "RANGES": "0", "LOG_LEVEL": "info"} {
+		if byName[name] != want {
+			t.Errorf("%s shown default %q, want %q", name, byName[name], want)
+		}
+	}
+	// An empty value keeps the default, as an envDefault tag did.
+	if cfg, err := Load(map[string]string{"BATCH_SIZE": "", "MODE": ""}, nil, nil); err != nil || cfg.BatchSize != batch.DefaultBatchSize || cfg.Mode != "rekey" {
+		t.Errorf("BATCH_SIZE= MODE=: got %+v, %v; want the defaults", cfg, err)
+	}
+}
+
+// TestEngineBoundsWrittenOnce: Load accepts exactly the range the engine's
+// Validate accepts, from the same constants.
+func TestEngineBoundsWrittenOnce(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ok, no int
+	}{
+		{"BATCH_SIZE", batch.MaxBatchSize, batch.MaxBatchSize + 1},
+		{"BATCH_SIZE", batch.MinBatchSize, batch.MinBatchSize - 1},
+		{"RANGE_WORKERS", batch.MaxRangeWorkers, batch.MaxRangeWorkers + 1},
+		{"RANGE_WORKERS", 1, 0},
+		{"RANGES", batch.MaxRanges, batch.MaxRanges + 1},
+		{"KMS_CONCURRENCY", batch.MaxWorkers, batch.MaxWorkers + 1},
+	} {
+		if _, err := Load(map[string]string{tc.name: strconv.Itoa(tc.ok)}, nil, nil); err != nil {
+			t.Errorf("%s=%d refused: %v", tc.name, tc.ok, err)
+		}
+		if _, err := Load(map[string]string{tc.name: strconv.Itoa(tc.no)}, nil, nil); err == nil {
+			t.Errorf("%s=%d accepted", tc.name, tc.no)
+		}
+	}
+	if _, err := Load(map[string]string{"LEASE_TTL": (batch.MinLeaseTTL - time.Millisecond).String(), "STOP_GRACE": "1s"}, nil, nil); err == nil {
+		t.Errorf("LEASE_TTL under %s accepted", batch.MinLeaseTTL)
 	}
 }

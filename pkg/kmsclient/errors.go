@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	"github.com/aws/smithy-go"
 )
 
@@ -16,6 +18,10 @@ var (
 	// another key, or another encryption context). It is a property of the
 	// row, not of the environment.
 	ErrBadCiphertext = errors.New("kms rejected the wrapped data key")
+	// ErrUnavailable: KMS could not answer this time (throttling, an
+	// internal error, a timeout, a 5xx or a dropped connection) after the
+	// SDK's own retries. A later try may succeed.
+	ErrUnavailable = errors.New("kms unavailable")
 )
 
 // Error is a failed KMS call. It names the operation and key ARN and carries
@@ -36,14 +42,16 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// Is lets errors.Is(err, ErrKeyUnusable) and errors.Is(err, ErrBadCiphertext)
-// classify by AWS error code.
+// Is lets errors.Is(err, ErrKeyUnusable), errors.Is(err, ErrBadCiphertext)
+// and errors.Is(err, ErrUnavailable) classify by AWS error code.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case ErrKeyUnusable:
 		return isKeyUnusable(e.Code)
 	case ErrBadCiphertext:
 		return isBadCiphertext(e.Code)
+	case ErrUnavailable:
+		return isUnavailable(e)
 	}
 	return false
 }
@@ -68,6 +76,22 @@ func isKeyUnusable(code string) bool {
 		return true
 	}
 	return false
+}
+
+// isUnavailable recognises the failures a later try may get past: KMS's
+// own transient codes, and what the SDK's standard retryer retries (5xx
+// answers, throttling codes, connection errors) — opt-in, like pgconn's
+// SafeToRetry: an error it does not know is not transient. A cancelled
+// call is not (the SDK says so first).
+func isUnavailable(e *Error) bool {
+	if isKeyUnusable(e.Code) || isBadCiphertext(e.Code) {
+		return false
+	}
+	switch e.Code {
+	case "ThrottlingException", "KMSInternalException", "DependencyTimeoutException", "KeyUnavailableException":
+		return true
+	}
+	return retry.IsErrorRetryables(retry.DefaultRetryables).IsErrorRetryable(e.Err) == aws.TrueTernary
 }
 
 func isBadCiphertext(code string) bool {
