@@ -180,11 +180,14 @@ func TestMetricsDuringRunAndPush(t *testing.T) {
 	// fixed pause that a loaded machine can outlast or the run outrun.
 	var body []byte
 	var mfs map[string]*dto.MetricFamily
+	// The remaining-rows gauge is refreshed on its own tick, after the
+	// counters: wait for both to show the run under way.
 	var second float64
 	testbed.Poll(30*time.Second, func() bool {
 		body, mfs = scrape(t, addr)
 		second, _ = value(mfs, "reencrypt_rows_total", "outcome=rotated")
-		return second != first
+		rem, _ := value(mfs, "reencrypt_rows_remaining")
+		return second != first && rem > 0 && rem < 2000
 	})
 	if second <= first || second >= 2000 {
 		t.Fatalf("rows rotated did not move during the run: first scrape %v, second %v (of 2000)", first, second)
