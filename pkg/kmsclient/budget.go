@@ -77,22 +77,24 @@ type Budget struct {
 // Adaptation constants; see Budget.
 const (
 	adaptWindow     = 500 * time.Millisecond
-	minJudged       = 20    // attempts a window with no throttling needs to count
-	wilsonZ         = 2.0   // standard deviations of a window's throttled share
-	decreaseFactor  = 0.8   // of the rate sent in the throttled window
-	increaseSteps   = 40    // the first step after a decrease is a 40th of the ceiling
-	noiseWindows    = 16    // windows the noise level is taken over (8 s)
-	noiseSpan       = 4     // windows pooled into one noise estimate (2 s)
-	quietWindows    = 4     // clean windows before the increase speeds up
-	maxNoise        = 0.15  // above 2 × this, throttling is always a quota
-	noiseMargin     = 0.01  // throttled share above the noise that is a quota
-	unlimitedGrowth = 0.1   // rate growth per window when there is no ceiling
-	slowStartShare  = 0.25  // of the ceiling a new budget starts at
-	slowStartGrowth = 1.25  // per window, until KMS first throttles
-	plateauBelow    = 0.12  // the creeping starts this far under the last throttled rate
-	plateauAbove    = 0.05  // ... and ends this far over it
-	plateauStep     = 0.002 // of the last throttled rate per window while creeping
-	plateauSpeedup  = 8     // ... × 1 + n/plateauSpeedup in the n-th clean window
+	minJudged       = 20                     // attempts a window with no throttling needs to count
+	wilsonZ         = 2.0                    // standard deviations of a window's throttled share
+	decreaseFactor  = 0.8                    // of the rate sent in the throttled window
+	increaseSteps   = 40                     // the first step after a decrease is a 40th of the ceiling
+	noiseWindows    = 16                     // windows the noise level is taken over (8 s)
+	noiseSpan       = 4                      // windows pooled into one noise estimate (2 s)
+	quietWindows    = 4                      // clean windows before the increase speeds up
+	maxNoise        = 0.15                   // above 2 × this, throttling is always a quota
+	noiseMargin     = 0.01                   // throttled share above the noise that is a quota
+	unlimitedGrowth = 0.1                    // rate growth per window when there is no ceiling
+	slowStartShare  = 0.25                   // of the ceiling a new budget starts at
+	slowStartGrowth = 1.25                   // per window, until KMS first throttles
+	plateauBelow    = 0.12                   // the creeping starts this far under the last throttled rate
+	plateauAbove    = 0.05                   // ... and ends this far over it
+	plateauStep     = 0.002                  // of the last throttled rate per window while creeping
+	plateauSpeedup  = 8                      // ... × 1 + n/plateauSpeedup in the n-th clean window
+	outageShare     = 90                     // % of a window throttled that is an outage, not a quota
+	maxReservation  = 200 * time.Millisecond // the furthest ahead Wait holds a place
 )
 
 // NewBudget returns a budget of perSec requests per second for this process:
@@ -161,12 +163,43 @@ func (b *Budget) Decreases() int64 {
 	return b.decreases
 }
 
-// Wait blocks until one request may be sent.
+// Wait blocks until one request may be sent. It never holds a place in the
+// bucket more than maxReservation ahead: a reservation keeps the rate it was
+// made at, and after an outage has slowed the budget to a few requests per
+// second, two dozen waiters would otherwise sleep for seconds after the rate
+// has grown back. A longer wait is taken in steps, reserving anew each time.
 func (b *Budget) Wait(ctx context.Context) error {
 	if b == nil {
 		return nil
 	}
-	return b.limiter.Wait(ctx)
+	for {
+		r := b.limiter.Reserve()
+		if !r.OK() {
+			return b.limiter.Wait(ctx) // reports why (no burst)
+		}
+		d := r.Delay()
+		if d <= 0 {
+			return nil
+		}
+		last := d <= maxReservation
+		if !last {
+			r.Cancel()
+			d = maxReservation
+		}
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			if last {
+				r.Cancel()
+			}
+			return ctx.Err()
+		case <-t.C:
+		}
+		if last {
+			return nil
+		}
+	}
 }
 
 // Fixed turns adaptation off: the budget stays at its ceiling whatever KMS
@@ -246,8 +279,15 @@ func (b *Budget) judge(elapsed time.Duration) {
 		b.decreases++
 		b.clean = 0
 		b.slowStart = false
-		b.peak = min(b.perSec, sent)
-		b.setRate(max(b.peak*decreaseFactor, 1))
+		rate := min(b.perSec, sent)
+		b.setRate(max(rate*decreaseFactor, 1))
+		// Where the quota is: the rate throttled. A window KMS refused
+		// (almost) whole is an outage, not a quota at our rate: no plateau
+		// to creep through when it ends.
+		b.peak = 0
+		if b.throttled < b.attempts*outageShare/100 {
+			b.peak = rate
+		}
 		return
 	}
 	b.increase()

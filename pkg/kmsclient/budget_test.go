@@ -169,6 +169,25 @@ func TestBudgetRecoversWhenThrottlingStops(t *testing.T) {
 	}
 }
 
+// An outage (every attempt throttled for 3 s, as in the fault suite) is not
+// a quota at the rate it hit: when it ends the rate grows back as after any
+// throttling, without creeping through a plateau around a rate KMS never
+// accepted.
+func TestBudgetRecoversAfterAnOutage(t *testing.T) {
+	const q = 500.0
+	s := newSim(q)
+	s.run(5*time.Second, 0, func(bool) bool { return false })
+	s.run(3*time.Second, 0, func(bool) bool { return true })
+	var back time.Duration
+	for back = 0; back < 30*time.Second && s.b.PerSecond() < q; back += tick {
+		s.run(tick, 0, func(bool) bool { return false })
+	}
+	t.Logf("back to %.0f/s %s after the outage", s.b.PerSecond(), back)
+	if back > 10*time.Second {
+		t.Errorf("rate took %s to recover after a 3 s outage, want at most 10 s", back)
+	}
+}
+
 // A cap (operator throttle, shared budget) bounds the rate at once and is
 // never exceeded while growing back.
 func TestBudgetCap(t *testing.T) {
