@@ -40,6 +40,11 @@ type api struct {
 	mu      sync.Mutex
 	ids     []string
 	current string // key ARN writes seal under
+	// keyInUse is held (read) by every write from reading current to its
+	// commit, so that setKey returns only when no write under the previous
+	// key is still in flight: as a live API switches keys before the Job
+	// starts, a token sealed under OLD never lands behind the run's cursor.
+	keyInUse sync.RWMutex
 	samples []sample
 
 	throttled atomic.Int64 // KMS attempts answered ThrottlingException
@@ -85,6 +90,8 @@ func (a *api) countAttempts(stack *middleware.Stack) error {
 }
 
 func (a *api) setKey(arn string) {
+	a.keyInUse.Lock()
+	defer a.keyInUse.Unlock()
 	a.mu.Lock()
 	a.current = arn
 	a.mu.Unlock()
@@ -162,6 +169,8 @@ func (a *api) read(ctx context.Context) error {
 }
 
 func (a *api) write(ctx context.Context) error {
+	a.keyInUse.RLock()
+	defer a.keyInUse.RUnlock()
 	a.mu.Lock()
 	key := a.current
 	a.mu.Unlock()
