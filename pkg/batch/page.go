@@ -23,6 +23,12 @@ import (
 // came from: a bug, never written, and the run stops.
 var errSelfCheck = errors.New("self-check failed: a re-encrypted token does not open to its plaintext")
 
+// commitTimeout bounds a page transaction's COMMIT, which runs on a context
+// the page's end does not cancel (see commit): long enough for a loaded
+// primary to flush the WAL, short enough that a dead connection does not
+// hold the range worker past a few lease renewals.
+const commitTimeout = 10 * time.Second
+
 type outcome uint8
 
 const (
@@ -472,7 +478,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 	// context ends meanwhile (the lease renewer ends it as soon as it finds
 	// the range done, which this very commit does), since an abandoned
 	// COMMIT may still be applied and the page would then go uncounted.
-	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer ccancel()
 	if err := tx.Commit(cctx); err != nil {
 		return c, nil, fmt.Errorf("commit: %w", err)
@@ -501,7 +507,7 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	if err := e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL); err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
 	if err := tx.Commit(cctx); err != nil {
 		return fmt.Errorf("commit: %w", err)
