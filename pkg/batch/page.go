@@ -64,7 +64,6 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	// the range's upper bound (ranges cut at row positions end on a row).
 	done := len(rows) < e.cfg.BatchSize
 	readTook := time.Since(start)
-	var rotateTook, commitTook time.Duration // for the page's debug line
 	var last *string
 	if len(rows) > 0 {
 		last = &rows[len(rows)-1].ID
@@ -83,68 +82,21 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 		}
 	}()
 
-	var total checkpoint.Counts
-	pending := rows
-	for attempt := 0; ; attempt++ {
-		t0 := time.Now()
-		results, err := e.rotate(ctx, pending, &sealer)
-		if err != nil {
-			return false, err
-		}
-		rotateTook += time.Since(t0)
-		hook(ctx, e.cfg.Hooks.AfterRotate)
-		t0 = time.Now()
-		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, false)
-		if err != nil {
-			return false, err
-		}
-		commitTook += time.Since(t0)
-		total = total.Add(counts)
-		if len(conflicts) == 0 {
-			break
-		}
-		// Rows the live API changed between our read and our write: read
-		// them again and retry before the cursor moves past them.
-		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
-		pending, err = e.readIDs(ctx, conflicts)
-		if err != nil {
-			return false, err
-		}
-		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
-			if err := e.advanceOnly(ctx, l, last, done); err != nil {
-				return false, err
-			}
-			break
-		}
-		if attempt >= e.cfg.ConflictRetries {
-			// No more swaps. Rows the API moved off OLD are counted as what
-			// they are now; only those still under OLD are left conflicted.
-			settled, err := e.settle(ctx, pending)
-			if err != nil {
-				return false, err
-			}
-			counts, left, err := e.commit(ctx, l, pending, settled, last, done, true)
-			if err != nil {
-				return false, err
-			}
-			total = total.Add(counts)
-			if len(left) > 0 {
-				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
-			}
-			break
-		}
+	total, took, err := e.rotateAndCommit(ctx, l, rows, &sealer, last, done, log)
+	if err != nil {
+		return false, err
 	}
 	if last != nil {
 		l.Cursor = last
 	}
 
-	took := time.Since(start)
+	pageTook := time.Since(start)
 	if e.cfg.Pacer != nil {
-		e.cfg.Pacer.AfterPage(commitTook)
+		e.cfg.Pacer.AfterPage(took.commit)
 	}
-	e.metrics.PageDuration.Observe(took.Seconds())
-	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
-		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())
+	e.metrics.PageDuration.Observe(pageTook.Seconds())
+	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", pageTook.Seconds(),
+		"read_seconds", readTook.Seconds(), "rotate_seconds", took.rotate.Seconds(), "commit_seconds", took.commit.Seconds())
 	e.metrics.LastSuccess.SetToCurrentTime()
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeSkipped).Add(float64(total.Skipped))
@@ -155,6 +107,68 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	e.pages++
 	e.mu.Unlock()
 	return done, nil
+}
+
+// pageTimes is where a page's time went, for its debug line and the pacer.
+type pageTimes struct {
+	rotate, commit time.Duration
+}
+
+// rotateAndCommit rotates and commits the page's rows, then deals with the
+// rows the live API changed between the read and the write (the conflict
+// loop): it reads them again and retries, up to ConflictRetries times,
+// before the cursor moves past them. It returns what the page did.
+func (e *Engine) rotateAndCommit(ctx context.Context, l *checkpoint.Lease, rows []tokentable.Row, sealer **envelope.Sealer,
+	last *string, done bool, log *slog.Logger) (checkpoint.Counts, pageTimes, error) {
+	var total checkpoint.Counts
+	var took pageTimes
+	pending := rows
+	for attempt := 0; ; attempt++ {
+		t0 := time.Now()
+		results, err := e.rotate(ctx, pending, sealer)
+		if err != nil {
+			return total, took, err
+		}
+		took.rotate += time.Since(t0)
+		hook(ctx, e.cfg.Hooks.AfterRotate)
+		t0 = time.Now()
+		counts, conflicts, err := e.commit(ctx, l, partition(pending, results, last, done, false))
+		if err != nil {
+			return total, took, err
+		}
+		took.commit += time.Since(t0)
+		total = total.Add(counts)
+		if len(conflicts) == 0 {
+			return total, took, nil
+		}
+		// Rows the live API changed between our read and our write: read
+		// them again and retry before the cursor moves past them.
+		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
+		pending, err = e.readIDs(ctx, conflicts)
+		if err != nil {
+			return total, took, err
+		}
+		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
+			return total, took, e.advanceOnly(ctx, l, last, done)
+		}
+		if attempt >= e.cfg.ConflictRetries {
+			// No more swaps. Rows the API moved off OLD are counted as what
+			// they are now; only those still under OLD are left conflicted.
+			settled, err := e.settle(ctx, pending)
+			if err != nil {
+				return total, took, err
+			}
+			counts, left, err := e.commit(ctx, l, partition(pending, settled, last, done, true))
+			if err != nil {
+				return total, took, err
+			}
+			total = total.Add(counts)
+			if len(left) > 0 {
+				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
+			}
+			return total, took, nil
+		}
+	}
 }
 
 // settle classifies rows re-read after the last conflict retry without
@@ -373,36 +387,55 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 	return nil
 }
 
-// commit writes one page in one transaction: fence, compare-and-swap of the
-// rotated tokens with their audit rows, quarantine, checkpoint. It returns
-// the ids whose swap found a different token (changed by the live API), and
-// those of outConflict rows. The cursor moves to last only when there are no
-// such rows, or on the final try.
-func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokentable.Row, res []result,
-	last *string, done, finalTry bool) (checkpoint.Counts, []string, error) {
-	var c checkpoint.Counts
-	var ids []string
-	var olds, news [][]byte
-	var bad []checkpoint.Quarantined
-	var stale []string // outConflict rows
+// swap is one rotated row: its token goes from old to new by compare-and-swap.
+type swap struct {
+	id       string
+	old, new []byte
+}
+
+// pagePlan is what one page transaction writes.
+type pagePlan struct {
+	swaps  []swap                   // rotated rows
+	bad    []checkpoint.Quarantined // rows to quarantine
+	stale  []string                 // outConflict rows: still under OLD, not swapped
+	counts checkpoint.Counts        // skipped, other-key and quarantined rows; commit adds the rest
+	cursor *string                  // the page's last id
+	done   bool                     // the page finishes the range
+	// final is the last try: conflicts are counted and the cursor moves
+	// past them; before it, the cursor stays until they are retried.
+	final bool
+}
+
+// partition sorts rotate's (or settle's) results for rows into the page's
+// swaps, bad rows and counts.
+func partition(rows []tokentable.Row, res []result, last *string, done, final bool) pagePlan {
+	p := pagePlan{cursor: last, done: done, final: final}
 	for i, r := range res {
 		switch r.outcome {
 		case outConflict:
-			stale = append(stale, rows[i].ID)
+			p.stale = append(p.stale, rows[i].ID)
 		case outSkip:
-			c.Skipped++
+			p.counts.Skipped++
 		case outOtherKey:
-			c.OtherKey++
+			p.counts.OtherKey++
 		case outQuarantine:
-			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
+			p.bad = append(p.bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
 		case outRotate:
-			ids = append(ids, rows[i].ID)
-			olds = append(olds, rows[i].Token)
-			news = append(news, r.newToken)
+			p.swaps = append(p.swaps, swap{id: rows[i].ID, old: rows[i].Token, new: r.newToken})
 		}
 	}
-	c.Quarantined = int64(len(bad))
+	p.counts.Quarantined = int64(len(p.bad))
+	return p
+}
 
+// commit writes one page in one transaction: fence, compare-and-swap of the
+// rotated tokens with their audit rows, quarantine, checkpoint. It returns
+// the ids whose swap found a different token (changed by the live API), and
+// those of outConflict rows. The cursor moves to plan.cursor only when there
+// are no such rows, or on the final try.
+func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan) (checkpoint.Counts, []string, error) {
+	c := plan.counts
+	bad := plan.bad
 	tx, err := e.beginPage(ctx)
 	if err != nil {
 		return c, nil, fmt.Errorf("begin: %w", err)
@@ -417,28 +450,10 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 
 	var conflicts []string
 	hook(ctx, e.cfg.Hooks.BeforeUpdate)
-	if len(ids) > 0 {
-		swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
-		if err != nil {
-			return c, nil, fmt.Errorf("swap tokens: %w", err)
-		}
-		got := make(map[string]struct{}, len(ids))
-		for swapped.Next() {
-			var id string
-			if err := swapped.Scan(&id); err != nil {
-				swapped.Close()
-				return c, nil, err
-			}
-			got[id] = struct{}{}
-		}
-		if err := swapped.Err(); err != nil {
-			return c, nil, fmt.Errorf("swap tokens: %w", err)
-		}
-		c.Rotated = int64(len(got))
-		for _, id := range ids {
-			if _, ok := got[id]; !ok {
-				conflicts = append(conflicts, id)
-			}
+	if len(plan.swaps) > 0 {
+		var err error
+		if c.Rotated, conflicts, err = e.swapTokens(ctx, tx, plan.swaps); err != nil {
+			return c, nil, err
 		}
 	}
 
@@ -462,9 +477,9 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 		}
 	}
 
-	conflicts = append(conflicts, stale...)
-	cursor, finished := last, done
-	if len(conflicts) > 0 && !finalTry {
+	conflicts = append(conflicts, plan.stale...)
+	cursor, finished := plan.cursor, plan.done
+	if len(conflicts) > 0 && !plan.final {
 		cursor, finished = nil, false // stay before the changed rows until they are retried
 	} else {
 		c.Conflicted = int64(len(conflicts))
@@ -488,6 +503,41 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 		e.log.WarnContext(ctx, "row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}
 	return c, conflicts, nil
+}
+
+// swapTokens replaces each row's token by compare-and-swap, with an audit
+// row for each swapped one, and returns how many were swapped and the ids
+// of those whose token the live API changed meanwhile (not swapped).
+func (e *Engine) swapTokens(ctx context.Context, tx pgx.Tx, swaps []swap) (int64, []string, error) {
+	ids := make([]string, len(swaps))
+	olds := make([][]byte, len(swaps))
+	news := make([][]byte, len(swaps))
+	for i, s := range swaps {
+		ids[i], olds[i], news[i] = s.id, s.old, s.new
+	}
+	swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
+	if err != nil {
+		return 0, nil, fmt.Errorf("swap tokens: %w", err)
+	}
+	got := make(map[string]struct{}, len(ids))
+	for swapped.Next() {
+		var id string
+		if err := swapped.Scan(&id); err != nil {
+			swapped.Close()
+			return 0, nil, err
+		}
+		got[id] = struct{}{}
+	}
+	if err := swapped.Err(); err != nil {
+		return 0, nil, fmt.Errorf("swap tokens: %w", err)
+	}
+	var conflicts []string
+	for _, id := range ids {
+		if _, ok := got[id]; !ok {
+			conflicts = append(conflicts, id)
+		}
+	}
+	return int64(len(got)), conflicts, nil
 }
 
 // advanceOnly moves the checkpoint when nothing else is left to write. Its
