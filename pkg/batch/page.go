@@ -62,32 +62,25 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	}
 	// A short page means the range is finished; so does a page that ends on
 	// the range's upper bound (ranges cut at row positions end on a row).
-	done := len(rows) < e.cfg.BatchSize
+	w := &pageWork{rows: rows, done: len(rows) < e.cfg.BatchSize}
+	defer w.destroy()
 	readTook := time.Since(start)
-	var last *string
 	if len(rows) > 0 {
-		last = &rows[len(rows)-1].ID
-		if from != nil && *last == *from {
+		w.last = &rows[len(rows)-1].ID
+		if from != nil && *w.last == *from {
 			return false, fmt.Errorf("cursor did not advance past %q", *from)
 		}
-		if u := l.Bounds.Upper; u != nil && *u == *last {
-			done = true
+		if u := l.Bounds.Upper; u != nil && *u == *w.last {
+			w.done = true
 		}
 	}
 
-	var sealer *envelope.Sealer // rekey: one data key under NEW per page
-	defer func() {
-		if sealer != nil {
-			sealer.Destroy()
-		}
-	}()
-
-	total, took, err := e.rotateAndCommit(ctx, l, rows, &sealer, last, done, log)
+	total, took, err := e.rotateAndCommit(ctx, l, w, log)
 	if err != nil {
 		return false, err
 	}
-	if last != nil {
-		l.Cursor = last
+	if w.last != nil {
+		l.Cursor = w.last
 	}
 
 	pageTook := time.Since(start)
@@ -106,7 +99,36 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	e.total = e.total.Add(total)
 	e.pages++
 	e.mu.Unlock()
-	return done, nil
+	return w.done, nil
+}
+
+// pageWork is one page in flight: the rows being worked (the page's, then
+// those re-read after a conflict) and rotate's results for them, in the
+// same order; the page's last id and whether it finishes the range; and,
+// in rekey mode, the page's data key under NEW (one per page, made when a
+// row first needs it).
+type pageWork struct {
+	rows    []tokentable.Row
+	results []result
+	last    *string
+	done    bool
+	sealer  *envelope.Sealer
+}
+
+// destroy clears the page's data key.
+func (w *pageWork) destroy() {
+	if w.sealer != nil {
+		w.sealer.Destroy()
+		w.sealer = nil
+	}
+}
+
+// plan is what the page's transaction writes for the current results;
+// final marks the last conflict retry (see pagePlan).
+func (w *pageWork) plan(final bool) pagePlan {
+	p := partition(w.rows, w.results)
+	p.cursor, p.done, p.final = w.last, w.done, final
+	return p
 }
 
 // pageTimes is where a page's time went, for its debug line and the pacer.
@@ -118,21 +140,18 @@ type pageTimes struct {
 // rows the live API changed between the read and the write (the conflict
 // loop): it reads them again and retries, up to ConflictRetries times,
 // before the cursor moves past them. It returns what the page did.
-func (e *Engine) rotateAndCommit(ctx context.Context, l *checkpoint.Lease, rows []tokentable.Row, sealer **envelope.Sealer,
-	last *string, done bool, log *slog.Logger) (checkpoint.Counts, pageTimes, error) {
+func (e *Engine) rotateAndCommit(ctx context.Context, l *checkpoint.Lease, w *pageWork, log *slog.Logger) (checkpoint.Counts, pageTimes, error) {
 	var total checkpoint.Counts
 	var took pageTimes
-	pending := rows
 	for attempt := 0; ; attempt++ {
 		t0 := time.Now()
-		results, err := e.rotate(ctx, pending, sealer)
-		if err != nil {
+		if err := e.rotate(ctx, w); err != nil {
 			return total, took, err
 		}
 		took.rotate += time.Since(t0)
 		hook(ctx, e.cfg.Hooks.AfterRotate)
 		t0 = time.Now()
-		counts, conflicts, err := e.commit(ctx, l, partition(pending, results, last, done, false))
+		counts, conflicts, err := e.commit(ctx, l, w.plan(false))
 		if err != nil {
 			return total, took, err
 		}
@@ -144,21 +163,20 @@ func (e *Engine) rotateAndCommit(ctx context.Context, l *checkpoint.Lease, rows 
 		// Rows the live API changed between our read and our write: read
 		// them again and retry before the cursor moves past them.
 		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
-		pending, err = e.readIDs(ctx, conflicts)
+		w.rows, err = e.readIDs(ctx, conflicts)
 		if err != nil {
 			return total, took, err
 		}
-		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
-			return total, took, e.advanceOnly(ctx, l, last, done)
+		if len(w.rows) == 0 { // deleted meanwhile: nothing left to do but move on
+			return total, took, e.advanceOnly(ctx, l, w.last, w.done)
 		}
 		if attempt >= e.cfg.ConflictRetries {
 			// No more swaps. Rows the API moved off OLD are counted as what
 			// they are now; only those still under OLD are left conflicted.
-			settled, err := e.settle(ctx, pending)
-			if err != nil {
+			if w.results, err = e.settle(ctx, w.rows); err != nil {
 				return total, took, err
 			}
-			counts, left, err := e.commit(ctx, l, partition(pending, settled, last, done, true))
+			counts, left, err := e.commit(ctx, l, w.plan(true))
 			if err != nil {
 				return total, took, err
 			}
@@ -213,11 +231,14 @@ func (e *Engine) readIDs(ctx context.Context, ids []string) ([]tokentable.Row, e
 	return rows, nil
 }
 
-// rotate classifies rows and computes new tokens for those under OLD. It
-// holds no transaction. Row problems become quarantine results; an error
+// rotate classifies w.rows and computes new tokens for those under OLD, into
+// w.results; in rekey mode it makes the page's data key (w.sealer) when a
+// row first needs it. It holds no transaction. Row problems become quarantine results; an error
 // means the page must be rolled back (and is retried when transient).
-func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **envelope.Sealer) ([]result, error) {
+func (e *Engine) rotate(ctx context.Context, w *pageWork) error {
+	rows := w.rows
 	res := make([]result, len(rows))
+	w.results = res
 	envs := make([]*envelope.Envelope, len(rows))
 	groups := map[string][]int{} // wrapped data key → rows sharing it
 	var order []string
@@ -229,7 +250,7 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 		}
 		kid, err := e.keyOf(ctx, env.KID)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		switch kid {
 		case e.cfg.New.ARN:
@@ -246,14 +267,14 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 		}
 	}
 	if len(groups) == 0 {
-		return res, nil
+		return nil
 	}
-	if e.cfg.Mode == Rekey && *sealer == nil {
+	if e.cfg.Mode == Rekey && w.sealer == nil {
 		s, err := e.newSealer(ctx)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		*sealer = s
+		w.sealer = s
 	}
 
 	// Workers long-lived goroutines take the data keys in turn. (One
@@ -273,11 +294,12 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 					return err // a sibling failed (its error is the one Wait returns), or ctx ended
 				}
 				k := order[n]
+				kg := keyGroup{wdek: []byte(k), idx: groups[k]}
 				var err error
 				if e.cfg.Mode == Rewrap {
-					err = e.rewrapGroup(gctx, []byte(k), groups[k], rows, envs, res)
+					err = e.rewrapGroup(gctx, w, envs, kg)
 				} else {
-					err = e.rekeyGroup(gctx, *sealer, []byte(k), groups[k], rows, envs, res)
+					err = e.rekeyGroup(gctx, w, envs, kg)
 				}
 				if err != nil {
 					return err
@@ -285,10 +307,7 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 			}
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return g.Wait()
 }
 
 // keyOf is the ARN of the key a kid names: the kid itself when it is a key
@@ -314,11 +333,19 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 	return envelope.NewSealer(dek, e.cfg.New.ARN, wdek, 0)
 }
 
+// keyGroup is the rows of a page (indexes into pageWork.rows) that share
+// one wrapped data key under OLD.
+type keyGroup struct {
+	wdek []byte
+	idx  []int
+}
+
 // rekeyGroup unwraps one data key under OLD and re-seals every row that uses
-// it under the page's data key, checking each result opens again.
-func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
-	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
-	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
+// it under the page's data key, checking each result opens again. envs are
+// the rows' parsed envelopes, by index into w.rows.
+func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
+	rows, res, sealer, idx := w.rows, w.results, w.sealer, g.idx
+	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, g.wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
@@ -360,9 +387,9 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 
 // rewrapGroup has KMS move one wrapped data key from OLD to NEW and gives
 // every row that uses it the new kid and wdek; nonce and ciphertext stay.
-func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
-	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
-	newWDEK, err := e.kms.ReEncrypt(ctx, wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
+func (e *Engine) rewrapGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
+	rows, res, idx := w.rows, w.results, g.idx
+	newWDEK, err := e.kms.ReEncrypt(ctx, g.wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
@@ -407,9 +434,10 @@ type pagePlan struct {
 }
 
 // partition sorts rotate's (or settle's) results for rows into the page's
-// swaps, bad rows and counts.
-func partition(rows []tokentable.Row, res []result, last *string, done, final bool) pagePlan {
-	p := pagePlan{cursor: last, done: done, final: final}
+// swaps, bad rows (and outConflict rows) and counts; the caller sets where
+// the cursor goes (pageWork.plan).
+func partition(rows []tokentable.Row, res []result) pagePlan {
+	var p pagePlan
 	for i, r := range res {
 		switch r.outcome {
 		case outConflict:
