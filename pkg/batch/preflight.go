@@ -120,7 +120,7 @@ func RoundTrip(ctx context.Context, kc *kmsclient.Client, keyARN, namespace stri
 		return 0, keyOrTransient(fmt.Errorf("round trip on the new key: %w", err))
 	}
 	probe := []byte("reencrypt preflight probe")
-	env, err := envelope.SealRandom(dek, keyARN, wdek, namespace, "preflight", probe)
+	env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: keyARN, WDEK: wdek, Namespace: namespace, RowID: "preflight"}, probe)
 	dek.Zero()
 	if err != nil {
 		return 0, fmt.Errorf("round trip on the new key: seal: %w", err)

@@ -166,7 +166,7 @@ func FuzzIdentifiers(f *testing.F) {
 		}
 		ids := []string{"1", "2", "3"}
 		for _, id := range ids {
-			env, err := envelope.SealRandom(dek, oldKey.ARN, wdek, "payment_methods", id, []byte("tok_fuzz_"+id))
+			env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: oldKey.ARN, WDEK: wdek, Namespace: "payment_methods", RowID: id}, []byte("tok_fuzz_"+id))
 			if err != nil {
 				t.Fatal(err)
 			}
