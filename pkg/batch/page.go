@@ -512,7 +512,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 	} else {
 		c.Conflicted = int64(len(conflicts))
 	}
-	if err := e.store.Advance(ctx, tx, l, cursor, c, finished, e.cfg.LeaseTTL); err != nil {
+	if err := e.store.Advance(ctx, tx, l, checkpoint.Step{Cursor: cursor, Counts: c, Done: finished}, e.cfg.LeaseTTL); err != nil {
 		return c, nil, err
 	}
 	hook(ctx, e.cfg.Hooks.BeforeCommit)
@@ -582,7 +582,7 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	if err := e.lockKey(ctx, tx); err != nil {
 		return err
 	}
-	if err := e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL); err != nil {
+	if err := e.store.Advance(ctx, tx, l, checkpoint.Step{Cursor: last, Counts: checkpoint.Counts{}, Done: done}, e.cfg.LeaseTTL); err != nil {
 		return err
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
