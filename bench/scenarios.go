@@ -396,7 +396,7 @@ func (b *bench) naive(ctx context.Context, dbURL string, r *Result) error {
 		if err != nil {
 			return err
 		}
-		fresh, err := envelope.SealRandom(ndek, nw, nwdek, namespace, id, plain)
+		fresh, err := envelope.SealRandom(ndek, envelope.SealOptions{KID: nw, WDEK: nwdek, Namespace: namespace, RowID: id}, plain)
 		ndek.Zero()
 		clear(plain)
 		if err != nil {

@@ -185,7 +185,7 @@ func (a *api) write(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	env, err := envelope.SealRandom(dek, key, wdek, "payment_methods", id, seed.Plaintext(id))
+	env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: key, WDEK: wdek, Namespace: "payment_methods", RowID: id}, seed.Plaintext(id))
 	dek.Zero()
 	if err != nil {
 		return err

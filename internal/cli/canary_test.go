@@ -132,7 +132,7 @@ func TestCanaryNeverLeaks(t *testing.T) {
 		}
 		rec.add(dek) // the writer's data key is a secret too
 		defer dek.Zero()
-		env, err := envelope.SealRandom(dek, key.ARN, wdek, fixture.Namespace, aadID, plaintext)
+		env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: key.ARN, WDEK: wdek, Namespace: fixture.Namespace, RowID: aadID}, plaintext)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -27,7 +27,7 @@ func (o *opEnv) sealKid(key kmsclient.Key, kid, namespace, id string) []byte {
 		o.t.Fatalf("generate data key: %v", err)
 	}
 	defer dek.Zero()
-	env, err := envelope.SealRandom(dek, key.ARN, wdek, namespace, id, []byte("card "+id))
+	env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: key.ARN, WDEK: wdek, Namespace: namespace, RowID: id}, []byte("card "+id))
 	if err != nil {
 		o.t.Fatal(err)
 	}

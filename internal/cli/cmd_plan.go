@@ -142,7 +142,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		return err
 	}
 	mode := batch.Mode(cfg.Mode)
-	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, mode)
+	checked, err := batch.Preflight(ctx, db, kc, batch.PreflightOptions{Spec: a.tableSpec(), OldRef: cfg.OldKeyID, NewRef: cfg.NewKeyID, Namespace: cfg.Namespace, Mode: mode})
 	var nullable *tokentable.NullableIDError
 	if err != nil && !(errors.As(err, &nullable) && checked != nil) {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)

@@ -32,7 +32,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 	if err != nil {
 		return err
 	}
-	checked, err := batch.Preflight(ctx, db, kc, a.tableSpec(), cfg.OldKeyID, cfg.NewKeyID, cfg.Namespace, batch.Mode(cfg.Mode))
+	checked, err := batch.Preflight(ctx, db, kc, batch.PreflightOptions{Spec: a.tableSpec(), OldRef: cfg.OldKeyID, NewRef: cfg.NewKeyID, Namespace: cfg.Namespace, Mode: batch.Mode(cfg.Mode)})
 	if err != nil {
 		return err
 	}

@@ -125,7 +125,7 @@ func (o *opEnv) seal(key kmsclient.Key, id string, plaintext []byte) []byte {
 		o.t.Fatalf("generate data key: %v", err)
 	}
 	defer dek.Zero()
-	env, err := envelope.SealRandom(dek, key.ARN, wdek, fixture.Namespace, id, plaintext)
+	env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: key.ARN, WDEK: wdek, Namespace: fixture.Namespace, RowID: id}, plaintext)
 	if err != nil {
 		o.t.Fatal(err)
 	}

@@ -108,7 +108,7 @@ func Seed(ctx context.Context, db DB, kc *kmsclient.Client, o Options) ([]string
 				}
 				defer dek.Zero()
 				for i := k; i < min(k+o.RowsPerKey, n); i++ {
-					env, err := envelope.SealRandom(dek, o.KeyARN, wdek, o.Namespace, batchIDs[i], Plaintext(batchIDs[i]))
+					env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: o.KeyARN, WDEK: wdek, Namespace: o.Namespace, RowID: batchIDs[i]}, Plaintext(batchIDs[i]))
 					if err != nil {
 						return err
 					}

@@ -185,8 +185,8 @@ func TestBadRows(t *testing.T) {
 			}
 			e.PutFirst(first...)
 			preflight := func() error {
-				_, err := batch.Preflight(context.Background(), e.DB, kmsclient.NewClient(e.API, fixture.Namespace, nil),
-					e.Spec(), e.Old.Ref, e.New.Ref, fixture.Namespace, tc.mode)
+				_, err := batch.Preflight(context.Background(), e.DB, kmsclient.NewClient(e.API, fixture.Namespace, nil), batch.PreflightOptions{Spec: e.Spec(), OldRef: e.Old.Ref, NewRef: e.New.Ref, Namespace: fixture.Namespace, Mode: tc.mode})
+
 				return err
 			}
 			if err := preflight(); err != nil {

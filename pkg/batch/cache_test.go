@@ -42,7 +42,7 @@ func TestDataKeyCacheResidency(t *testing.T) {
 			api := &countingKMS{KMS: e.API}
 			// As the CLI does: the preflight and the engine share the cache.
 			kc := kmsclient.NewClient(api, fixture.Namespace, cache)
-			if _, err := batch.Preflight(context.Background(), e.DB, kc, e.Spec(), e.Old.Ref, e.New.Ref, fixture.Namespace, batch.Rekey); err != nil {
+			if _, err := batch.Preflight(context.Background(), e.DB, kc, batch.PreflightOptions{Spec: e.Spec(), OldRef: e.Old.Ref, NewRef: e.New.Ref, Namespace: fixture.Namespace, Mode: batch.Rekey}); err != nil {
 				t.Fatalf("preflight: %v", err)
 			}
 			api.decrypt.Store(0)

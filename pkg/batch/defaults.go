@@ -23,12 +23,14 @@ const (
 	DefaultRanges = 64 // most ranges a pass is cut into; see planRanges
 	MaxRanges     = 100_000
 
+	// A dead pod's range is taken over within DefaultLeaseTTL; the lease is
+	// renewed every third of it, so two renewals may fail before it lapses.
 	DefaultLeaseTTL = 30 * time.Second
-	MinLeaseTTL     = time.Second
+	MinLeaseTTL     = time.Second // renewals every LeaseTTL/3 must stay practical
 
-	DefaultPageTimeout = 2 * time.Minute
-	DefaultLockTimeout = 5 * time.Second
-	DefaultStopGrace   = 10 * time.Second
+	DefaultPageTimeout = 2 * time.Minute  // one page, KMS calls and commit included
+	DefaultLockTimeout = 5 * time.Second  // a page waits this long for a row the live API holds; see pageTxSettings
+	DefaultStopGrace   = 10 * time.Second // finish the page in flight on shutdown, within a pod's default 30 s grace period
 
 	DefaultPageRetries     = 6
 	DefaultConflictRetries = 3

@@ -201,7 +201,7 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	sum.Process, sum.Pages = e.total, e.pages
 	e.mu.Unlock()
 
-	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
 	defer cancel()
 	if err == nil {
 		if _, ferr := e.store.FinishPass(endCtx, run); ferr != nil {
@@ -267,7 +267,7 @@ func (e *Engine) workRanges(ctx context.Context, log *slog.Logger) error {
 // remaining range is leased by a live process it waits: a lease that
 // expires (its owner died) is taken over.
 func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
-	poll := min(e.cfg.LeaseTTL/3, time.Second)
+	poll := min(e.cfg.LeaseTTL/3, maxClaimPoll)
 	for {
 		if ctx.Err() != nil {
 			return ErrInterrupted
@@ -407,7 +407,7 @@ func (e *Engine) workRange(ctx context.Context, l *checkpoint.Lease, log *slog.L
 }
 
 func (e *Engine) release(l *checkpoint.Lease, log *slog.Logger) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
 	defer cancel()
 	if err := e.store.Release(ctx, l); err != nil {
 		log.Warn("release lease", "err", err)
@@ -501,6 +501,22 @@ func connKilled(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && (pgErr.Code == "57P01" || pgErr.Code == "57P02")
 }
+
+// Timeouts of the engine's short bookkeeping statements, each on a context
+// of its own that the shutdown signal does not cancel.
+const (
+	// finishTimeout bounds Run's closing writes and reads (finish the pass,
+	// read its totals, record the process's end event): a few small
+	// statements, which must not hang an exiting process.
+	finishTimeout = 5 * time.Second
+	// releaseTimeout bounds the one UPDATE that gives a lease back on
+	// shutdown; a release that fails only means the lease expires instead.
+	releaseTimeout = 3 * time.Second
+	// maxClaimPoll is the longest wait between claim attempts while every
+	// remaining range is leased by a live process (a third of LeaseTTL when
+	// that is shorter): an expired lease is taken over within about a second.
+	maxClaimPoll = time.Second
+)
 
 // Progress is what this process has done so far.
 func (e *Engine) Progress() checkpoint.Counts {

@@ -23,6 +23,12 @@ import (
 // came from: a bug, never written, and the run stops.
 var errSelfCheck = errors.New("self-check failed: a re-encrypted token does not open to its plaintext")
 
+// commitTimeout bounds a page transaction's COMMIT, which runs on a context
+// the page's end does not cancel (see commit): long enough for a loaded
+// primary to flush the WAL, short enough that a dead connection does not
+// hold the range worker past a few lease renewals.
+const commitTimeout = 10 * time.Second
+
 type outcome uint8
 
 const (
@@ -56,89 +62,34 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	}
 	// A short page means the range is finished; so does a page that ends on
 	// the range's upper bound (ranges cut at row positions end on a row).
-	done := len(rows) < e.cfg.BatchSize
+	w := &pageWork{rows: rows, done: len(rows) < e.cfg.BatchSize}
+	defer w.destroy()
 	readTook := time.Since(start)
-	var rotateTook, commitTook time.Duration // for the page's debug line
-	var last *string
 	if len(rows) > 0 {
-		last = &rows[len(rows)-1].ID
-		if from != nil && *last == *from {
+		w.last = &rows[len(rows)-1].ID
+		if from != nil && *w.last == *from {
 			return false, fmt.Errorf("cursor did not advance past %q", *from)
 		}
-		if u := l.Bounds.Upper; u != nil && *u == *last {
-			done = true
+		if u := l.Bounds.Upper; u != nil && *u == *w.last {
+			w.done = true
 		}
 	}
 
-	var sealer *envelope.Sealer // rekey: one data key under NEW per page
-	defer func() {
-		if sealer != nil {
-			sealer.Destroy()
-		}
-	}()
-
-	var total checkpoint.Counts
-	pending := rows
-	for attempt := 0; ; attempt++ {
-		t0 := time.Now()
-		results, err := e.rotate(ctx, pending, &sealer)
-		if err != nil {
-			return false, err
-		}
-		rotateTook += time.Since(t0)
-		hook(ctx, e.cfg.Hooks.AfterRotate)
-		t0 = time.Now()
-		counts, conflicts, err := e.commit(ctx, l, pending, results, last, done, false)
-		if err != nil {
-			return false, err
-		}
-		commitTook += time.Since(t0)
-		total = total.Add(counts)
-		if len(conflicts) == 0 {
-			break
-		}
-		// Rows the live API changed between our read and our write: read
-		// them again and retry before the cursor moves past them.
-		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
-		pending, err = e.readIDs(ctx, conflicts)
-		if err != nil {
-			return false, err
-		}
-		if len(pending) == 0 { // deleted meanwhile: nothing left to do but move on
-			if err := e.advanceOnly(ctx, l, last, done); err != nil {
-				return false, err
-			}
-			break
-		}
-		if attempt >= e.cfg.ConflictRetries {
-			// No more swaps. Rows the API moved off OLD are counted as what
-			// they are now; only those still under OLD are left conflicted.
-			settled, err := e.settle(ctx, pending)
-			if err != nil {
-				return false, err
-			}
-			counts, left, err := e.commit(ctx, l, pending, settled, last, done, true)
-			if err != nil {
-				return false, err
-			}
-			total = total.Add(counts)
-			if len(left) > 0 {
-				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
-			}
-			break
-		}
+	total, took, err := e.rotateAndCommit(ctx, l, w, log)
+	if err != nil {
+		return false, err
 	}
-	if last != nil {
-		l.Cursor = last
+	if w.last != nil {
+		l.Cursor = w.last
 	}
 
-	took := time.Since(start)
+	pageTook := time.Since(start)
 	if e.cfg.Pacer != nil {
-		e.cfg.Pacer.AfterPage(commitTook)
+		e.cfg.Pacer.AfterPage(took.commit)
 	}
-	e.metrics.PageDuration.Observe(took.Seconds())
-	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", took.Seconds(),
-		"read_seconds", readTook.Seconds(), "rotate_seconds", rotateTook.Seconds(), "commit_seconds", commitTook.Seconds())
+	e.metrics.PageDuration.Observe(pageTook.Seconds())
+	log.DebugContext(ctx, "page committed", "rows", len(rows), "rotated", total.Rotated, "seconds", pageTook.Seconds(),
+		"read_seconds", readTook.Seconds(), "rotate_seconds", took.rotate.Seconds(), "commit_seconds", took.commit.Seconds())
 	e.metrics.LastSuccess.SetToCurrentTime()
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeRotated).Add(float64(total.Rotated))
 	e.metrics.Rows.WithLabelValues(metrics.OutcomeSkipped).Add(float64(total.Skipped))
@@ -148,7 +99,94 @@ func (e *Engine) page(ctx context.Context, l *checkpoint.Lease, log *slog.Logger
 	e.total = e.total.Add(total)
 	e.pages++
 	e.mu.Unlock()
-	return done, nil
+	return w.done, nil
+}
+
+// pageWork is one page in flight: the rows being worked (the page's, then
+// those re-read after a conflict) and rotate's results for them, in the
+// same order; the page's last id and whether it finishes the range; and,
+// in rekey mode, the page's data key under NEW (one per page, made when a
+// row first needs it).
+type pageWork struct {
+	rows    []tokentable.Row
+	results []result
+	last    *string
+	done    bool
+	sealer  *envelope.Sealer
+}
+
+// destroy clears the page's data key.
+func (w *pageWork) destroy() {
+	if w.sealer != nil {
+		w.sealer.Destroy()
+		w.sealer = nil
+	}
+}
+
+// plan is what the page's transaction writes for the current results;
+// final marks the last conflict retry (see pagePlan).
+func (w *pageWork) plan(final bool) pagePlan {
+	p := partition(w.rows, w.results)
+	p.cursor, p.done, p.final = w.last, w.done, final
+	return p
+}
+
+// pageTimes is where a page's time went, for its debug line and the pacer.
+type pageTimes struct {
+	rotate, commit time.Duration
+}
+
+// rotateAndCommit rotates and commits the page's rows, then deals with the
+// rows the live API changed between the read and the write (the conflict
+// loop): it reads them again and retries, up to ConflictRetries times,
+// before the cursor moves past them. It returns what the page did.
+func (e *Engine) rotateAndCommit(ctx context.Context, l *checkpoint.Lease, w *pageWork, log *slog.Logger) (checkpoint.Counts, pageTimes, error) {
+	var total checkpoint.Counts
+	var took pageTimes
+	for attempt := 0; ; attempt++ {
+		t0 := time.Now()
+		if err := e.rotate(ctx, w); err != nil {
+			return total, took, err
+		}
+		took.rotate += time.Since(t0)
+		hook(ctx, e.cfg.Hooks.AfterRotate)
+		t0 = time.Now()
+		counts, conflicts, err := e.commit(ctx, l, w.plan(false))
+		if err != nil {
+			return total, took, err
+		}
+		took.commit += time.Since(t0)
+		total = total.Add(counts)
+		if len(conflicts) == 0 {
+			return total, took, nil
+		}
+		// Rows the live API changed between our read and our write: read
+		// them again and retry before the cursor moves past them.
+		e.metrics.Rows.WithLabelValues(metrics.OutcomeConflict).Add(float64(len(conflicts)))
+		w.rows, err = e.readIDs(ctx, conflicts)
+		if err != nil {
+			return total, took, err
+		}
+		if len(w.rows) == 0 { // deleted meanwhile: nothing left to do but move on
+			return total, took, e.advanceOnly(ctx, l, w.last, w.done)
+		}
+		if attempt >= e.cfg.ConflictRetries {
+			// No more swaps. Rows the API moved off OLD are counted as what
+			// they are now; only those still under OLD are left conflicted.
+			if w.results, err = e.settle(ctx, w.rows); err != nil {
+				return total, took, err
+			}
+			counts, left, err := e.commit(ctx, l, w.plan(true))
+			if err != nil {
+				return total, took, err
+			}
+			total = total.Add(counts)
+			if len(left) > 0 {
+				log.WarnContext(ctx, "rows kept changing under the live API; left for the next pass", "rows", len(left))
+			}
+			return total, took, nil
+		}
+	}
 }
 
 // settle classifies rows re-read after the last conflict retry without
@@ -193,11 +231,14 @@ func (e *Engine) readIDs(ctx context.Context, ids []string) ([]tokentable.Row, e
 	return rows, nil
 }
 
-// rotate classifies rows and computes new tokens for those under OLD. It
-// holds no transaction. Row problems become quarantine results; an error
+// rotate classifies w.rows and computes new tokens for those under OLD, into
+// w.results; in rekey mode it makes the page's data key (w.sealer) when a
+// row first needs it. It holds no transaction. Row problems become quarantine results; an error
 // means the page must be rolled back (and is retried when transient).
-func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **envelope.Sealer) ([]result, error) {
+func (e *Engine) rotate(ctx context.Context, w *pageWork) error {
+	rows := w.rows
 	res := make([]result, len(rows))
+	w.results = res
 	envs := make([]*envelope.Envelope, len(rows))
 	groups := map[string][]int{} // wrapped data key → rows sharing it
 	var order []string
@@ -209,7 +250,7 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 		}
 		kid, err := e.keyOf(ctx, env.KID)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		switch kid {
 		case e.cfg.New.ARN:
@@ -226,14 +267,14 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 		}
 	}
 	if len(groups) == 0 {
-		return res, nil
+		return nil
 	}
-	if e.cfg.Mode == Rekey && *sealer == nil {
+	if e.cfg.Mode == Rekey && w.sealer == nil {
 		s, err := e.newSealer(ctx)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		*sealer = s
+		w.sealer = s
 	}
 
 	// Workers long-lived goroutines take the data keys in turn. (One
@@ -253,11 +294,12 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 					return err // a sibling failed (its error is the one Wait returns), or ctx ended
 				}
 				k := order[n]
+				kg := keyGroup{wdek: []byte(k), idx: groups[k]}
 				var err error
 				if e.cfg.Mode == Rewrap {
-					err = e.rewrapGroup(gctx, []byte(k), groups[k], rows, envs, res)
+					err = e.rewrapGroup(gctx, w, envs, kg)
 				} else {
-					err = e.rekeyGroup(gctx, *sealer, []byte(k), groups[k], rows, envs, res)
+					err = e.rekeyGroup(gctx, w, envs, kg)
 				}
 				if err != nil {
 					return err
@@ -265,10 +307,7 @@ func (e *Engine) rotate(ctx context.Context, rows []tokentable.Row, sealer **env
 			}
 		})
 	}
-	if err := g.Wait(); err != nil {
-		return nil, err
-	}
-	return res, nil
+	return g.Wait()
 }
 
 // keyOf is the ARN of the key a kid names: the kid itself when it is a key
@@ -294,11 +333,19 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 	return envelope.NewSealer(dek, e.cfg.New.ARN, wdek, 0)
 }
 
+// keyGroup is the rows of a page (indexes into pageWork.rows) that share
+// one wrapped data key under OLD.
+type keyGroup struct {
+	wdek []byte
+	idx  []int
+}
+
 // rekeyGroup unwraps one data key under OLD and re-seals every row that uses
-// it under the page's data key, checking each result opens again.
-func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek []byte, idx []int,
-	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
-	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, wdek, len(idx))
+// it under the page's data key, checking each result opens again. envs are
+// the rows' parsed envelopes, by index into w.rows.
+func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
+	rows, res, sealer, idx := w.rows, w.results, w.sealer, g.idx
+	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, g.wdek, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
@@ -340,9 +387,9 @@ func (e *Engine) rekeyGroup(ctx context.Context, sealer *envelope.Sealer, wdek [
 
 // rewrapGroup has KMS move one wrapped data key from OLD to NEW and gives
 // every row that uses it the new kid and wdek; nonce and ciphertext stay.
-func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
-	rows []tokentable.Row, envs []*envelope.Envelope, res []result) error {
-	newWDEK, err := e.kms.ReEncrypt(ctx, wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
+func (e *Engine) rewrapGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
+	rows, res, idx := w.rows, w.results, g.idx
+	newWDEK, err := e.kms.ReEncrypt(ctx, g.wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
@@ -367,36 +414,56 @@ func (e *Engine) rewrapGroup(ctx context.Context, wdek []byte, idx []int,
 	return nil
 }
 
-// commit writes one page in one transaction: fence, compare-and-swap of the
-// rotated tokens with their audit rows, quarantine, checkpoint. It returns
-// the ids whose swap found a different token (changed by the live API), and
-// those of outConflict rows. The cursor moves to last only when there are no
-// such rows, or on the final try.
-func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokentable.Row, res []result,
-	last *string, done, finalTry bool) (checkpoint.Counts, []string, error) {
-	var c checkpoint.Counts
-	var ids []string
-	var olds, news [][]byte
-	var bad []checkpoint.Quarantined
-	var stale []string // outConflict rows
+// swap is one rotated row: its token goes from old to new by compare-and-swap.
+type swap struct {
+	id       string
+	old, new []byte
+}
+
+// pagePlan is what one page transaction writes.
+type pagePlan struct {
+	swaps  []swap                   // rotated rows
+	bad    []checkpoint.Quarantined // rows to quarantine
+	stale  []string                 // outConflict rows: still under OLD, not swapped
+	counts checkpoint.Counts        // skipped, other-key and quarantined rows; commit adds the rest
+	cursor *string                  // the page's last id
+	done   bool                     // the page finishes the range
+	// final is the last try: conflicts are counted and the cursor moves
+	// past them; before it, the cursor stays until they are retried.
+	final bool
+}
+
+// partition sorts rotate's (or settle's) results for rows into the page's
+// swaps, bad rows (and outConflict rows) and counts; the caller sets where
+// the cursor goes (pageWork.plan).
+func partition(rows []tokentable.Row, res []result) pagePlan {
+	var p pagePlan
 	for i, r := range res {
 		switch r.outcome {
 		case outConflict:
-			stale = append(stale, rows[i].ID)
+			p.stale = append(p.stale, rows[i].ID)
 		case outSkip:
-			c.Skipped++
+			p.counts.Skipped++
 		case outOtherKey:
-			c.OtherKey++
+			p.counts.OtherKey++
 		case outQuarantine:
-			bad = append(bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
+			p.bad = append(p.bad, checkpoint.Quarantined{RowID: rows[i].ID, Class: string(r.class)})
 		case outRotate:
-			ids = append(ids, rows[i].ID)
-			olds = append(olds, rows[i].Token)
-			news = append(news, r.newToken)
+			p.swaps = append(p.swaps, swap{id: rows[i].ID, old: rows[i].Token, new: r.newToken})
 		}
 	}
-	c.Quarantined = int64(len(bad))
+	p.counts.Quarantined = int64(len(p.bad))
+	return p
+}
 
+// commit writes one page in one transaction: fence, compare-and-swap of the
+// rotated tokens with their audit rows, quarantine, checkpoint. It returns
+// the ids whose swap found a different token (changed by the live API), and
+// those of outConflict rows. The cursor moves to plan.cursor only when there
+// are no such rows, or on the final try.
+func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan) (checkpoint.Counts, []string, error) {
+	c := plan.counts
+	bad := plan.bad
 	tx, err := e.beginPage(ctx)
 	if err != nil {
 		return c, nil, fmt.Errorf("begin: %w", err)
@@ -411,28 +478,10 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 
 	var conflicts []string
 	hook(ctx, e.cfg.Hooks.BeforeUpdate)
-	if len(ids) > 0 {
-		swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
-		if err != nil {
-			return c, nil, fmt.Errorf("swap tokens: %w", err)
-		}
-		got := make(map[string]struct{}, len(ids))
-		for swapped.Next() {
-			var id string
-			if err := swapped.Scan(&id); err != nil {
-				swapped.Close()
-				return c, nil, err
-			}
-			got[id] = struct{}{}
-		}
-		if err := swapped.Err(); err != nil {
-			return c, nil, fmt.Errorf("swap tokens: %w", err)
-		}
-		c.Rotated = int64(len(got))
-		for _, id := range ids {
-			if _, ok := got[id]; !ok {
-				conflicts = append(conflicts, id)
-			}
+	if len(plan.swaps) > 0 {
+		var err error
+		if c.Rotated, conflicts, err = e.swapTokens(ctx, tx, plan.swaps); err != nil {
+			return c, nil, err
 		}
 	}
 
@@ -456,14 +505,14 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 		}
 	}
 
-	conflicts = append(conflicts, stale...)
-	cursor, finished := last, done
-	if len(conflicts) > 0 && !finalTry {
+	conflicts = append(conflicts, plan.stale...)
+	cursor, finished := plan.cursor, plan.done
+	if len(conflicts) > 0 && !plan.final {
 		cursor, finished = nil, false // stay before the changed rows until they are retried
 	} else {
 		c.Conflicted = int64(len(conflicts))
 	}
-	if err := e.store.Advance(ctx, tx, l, cursor, c, finished, e.cfg.LeaseTTL); err != nil {
+	if err := e.store.Advance(ctx, tx, l, checkpoint.Step{Cursor: cursor, Counts: c, Done: finished}, e.cfg.LeaseTTL); err != nil {
 		return c, nil, err
 	}
 	hook(ctx, e.cfg.Hooks.BeforeCommit)
@@ -472,7 +521,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 	// context ends meanwhile (the lease renewer ends it as soon as it finds
 	// the range done, which this very commit does), since an abandoned
 	// COMMIT may still be applied and the page would then go uncounted.
-	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, ccancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer ccancel()
 	if err := tx.Commit(cctx); err != nil {
 		return c, nil, fmt.Errorf("commit: %w", err)
@@ -482,6 +531,41 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, rows []tokenta
 		e.log.WarnContext(ctx, "row quarantined", "run_id", e.run.ID, "row_id", q.RowID, "error_class", q.Class)
 	}
 	return c, conflicts, nil
+}
+
+// swapTokens replaces each row's token by compare-and-swap, with an audit
+// row for each swapped one, and returns how many were swapped and the ids
+// of those whose token the live API changed meanwhile (not swapped).
+func (e *Engine) swapTokens(ctx context.Context, tx pgx.Tx, swaps []swap) (int64, []string, error) {
+	ids := make([]string, len(swaps))
+	olds := make([][]byte, len(swaps))
+	news := make([][]byte, len(swaps))
+	for i, s := range swaps {
+		ids[i], olds[i], news[i] = s.id, s.old, s.new
+	}
+	swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
+	if err != nil {
+		return 0, nil, fmt.Errorf("swap tokens: %w", err)
+	}
+	got := make(map[string]struct{}, len(ids))
+	for swapped.Next() {
+		var id string
+		if err := swapped.Scan(&id); err != nil {
+			swapped.Close()
+			return 0, nil, err
+		}
+		got[id] = struct{}{}
+	}
+	if err := swapped.Err(); err != nil {
+		return 0, nil, fmt.Errorf("swap tokens: %w", err)
+	}
+	var conflicts []string
+	for _, id := range ids {
+		if _, ok := got[id]; !ok {
+			conflicts = append(conflicts, id)
+		}
+	}
+	return int64(len(got)), conflicts, nil
 }
 
 // advanceOnly moves the checkpoint when nothing else is left to write. Its
@@ -498,10 +582,10 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	if err := e.lockKey(ctx, tx); err != nil {
 		return err
 	}
-	if err := e.store.Advance(ctx, tx, l, last, checkpoint.Counts{}, done, e.cfg.LeaseTTL); err != nil {
+	if err := e.store.Advance(ctx, tx, l, checkpoint.Step{Cursor: last, Counts: checkpoint.Counts{}, Done: done}, e.cfg.LeaseTTL); err != nil {
 		return err
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), commitTimeout)
 	defer cancel()
 	if err := tx.Commit(cctx); err != nil {
 		return fmt.Errorf("commit: %w", err)

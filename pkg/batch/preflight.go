@@ -20,6 +20,17 @@ type Checked struct {
 	KMSLatency time.Duration // mean of the round trip's two calls
 }
 
+// PreflightOptions is what Preflight checks: the table, the two keys as
+// configured (a key id, an ARN or an alias each), the envelope namespace and
+// the rotation mode.
+type PreflightOptions struct {
+	Spec      tokentable.Spec
+	OldRef    string // OLD_KEY_ID
+	NewRef    string // NEW_KEY_ID
+	Namespace string
+	Mode      Mode
+}
+
 // Preflight checks everything that can be checked before the first write,
 // as the runbook's "test new key" step does, and more: the table and audit
 // table exist with usable columns; OLD and NEW resolve to two different,
@@ -29,7 +40,8 @@ type Checked struct {
 // refusal is a NULL-able id column, it returns the Checked along with the
 // *tokentable.NullableIDError. A refusal a setting explains is a *FieldError naming it
 // (the command names the variable to fix).
-func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable.Spec, oldRef, newRef, namespace string, mode Mode) (*Checked, error) {
+func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, o PreflightOptions) (*Checked, error) {
+	spec, oldRef, newRef, namespace, mode := o.Spec, o.OldRef, o.NewRef, o.Namespace, o.Mode
 	if oldRef == "" || newRef == "" {
 		var missing []Field
 		if oldRef == "" {
@@ -72,7 +84,7 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, spec tokentable
 	if mode == Rewrap {
 		check = sampleRewrap
 	}
-	if err := check(ctx, db, kc, t, c.Old.ARN, c.New.ARN, namespace); err != nil {
+	if err := check(ctx, sampling{db: db, kc: kc, t: t, oldARN: c.Old.ARN, newARN: c.New.ARN, ns: namespace}); err != nil {
 		if errors.Is(err, ErrConfig) {
 			return nil, fieldError(err, FieldNamespace, FieldOldKey)
 		}
@@ -108,7 +120,7 @@ func RoundTrip(ctx context.Context, kc *kmsclient.Client, keyARN, namespace stri
 		return 0, keyOrTransient(fmt.Errorf("round trip on the new key: %w", err))
 	}
 	probe := []byte("reencrypt preflight probe")
-	env, err := envelope.SealRandom(dek, keyARN, wdek, namespace, "preflight", probe)
+	env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: keyARN, WDEK: wdek, Namespace: namespace, RowID: "preflight"}, probe)
 	dek.Zero()
 	if err != nil {
 		return 0, fmt.Errorf("round trip on the new key: seal: %w", err)
@@ -132,13 +144,24 @@ func keyOrTransient(err error) error {
 	return transient(err)
 }
 
+// sampling is what sampleOld and sampleRewrap probe: the table, through db
+// and kc, for tokens under oldARN, with namespace ns.
+type sampling struct {
+	db             DB
+	kc             *kmsclient.Client
+	t              *tokentable.Table
+	oldARN, newARN string
+	ns             string
+}
+
 // sampleOld opens tokens under OLD taken from the start of the table and
 // from random pages across it. When at least five were tried and none of
 // them opens — and no token under NEW in the sample opens either — the
 // configuration (NAMESPACE, OLD_KEY_ID) is almost surely wrong, and running
 // would only quarantine the whole table: refuse instead. A few bad rows, even
 // the first ones in the heap, do not stop the run: they are quarantined.
-func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.Table, oldARN, newARN, ns string) error {
+func sampleOld(ctx context.Context, s sampling) error {
+	db, kc, t, oldARN, newARN, ns := s.db, s.kc, s.t, s.oldARN, s.newARN, s.ns
 	sample, err := sampleRows(ctx, db, t)
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))
@@ -182,7 +205,8 @@ func sampleOld(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.T
 // sample opens with this namespace: then the namespace is right and the
 // rejected rows are bad rows, which the run quarantines (a rerun that only
 // has bad rows left under OLD must end with 65, not be refused).
-func sampleRewrap(ctx context.Context, db DB, kc *kmsclient.Client, t *tokentable.Table, oldARN, newARN, ns string) error {
+func sampleRewrap(ctx context.Context, s sampling) error {
+	db, kc, t, oldARN, newARN, ns := s.db, s.kc, s.t, s.oldARN, s.newARN, s.ns
 	sample, err := sampleRows(ctx, db, t)
 	if err != nil {
 		return transient(fmt.Errorf("sample rows: %w", err))

@@ -92,7 +92,7 @@ func TestPreflightRefuses(t *testing.T) {
 			tc.prepare(t, e, s)
 
 			kc := kmsclient.NewClient(e.API, s.namespace, nil)
-			checked, err := batch.Preflight(context.Background(), s.db, kc, s.spec, s.old, s.new, s.namespace, batch.Rekey)
+			checked, err := batch.Preflight(context.Background(), s.db, kc, batch.PreflightOptions{Spec: s.spec, OldRef: s.old, NewRef: s.new, Namespace: s.namespace, Mode: batch.Rekey})
 			switch {
 			case tc.is == nil && err != nil:
 				t.Fatalf("Preflight: got %v, want nil", err)
@@ -161,7 +161,7 @@ func TestPreflightRewrapChecksNamespace(t *testing.T) {
 	}{{fixture.Namespace, nil}, {"payment_method", batch.ErrConfig}} {
 		api := &countingKMS{KMS: e.API}
 		kc := kmsclient.NewClient(api, tc.ns, nil)
-		_, err := batch.Preflight(ctx, e.DB, kc, e.Spec(), e.Old.Ref, e.New.Ref, tc.ns, batch.Rewrap)
+		_, err := batch.Preflight(ctx, e.DB, kc, batch.PreflightOptions{Spec: e.Spec(), OldRef: e.Old.Ref, NewRef: e.New.Ref, Namespace: tc.ns, Mode: batch.Rewrap})
 		if tc.want == nil && err != nil {
 			t.Fatalf("namespace %q: Preflight: %v, want nil", tc.ns, err)
 		}

@@ -118,7 +118,7 @@ func TestFencedAfterTakeover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = s.Advance(ctx, tx, old, ptr("150"), checkpoint.Counts{Rotated: 50}, true, time.Minute)
+	err = s.Advance(ctx, tx, old, checkpoint.Step{Cursor: ptr("150"), Counts: checkpoint.Counts{Rotated: 50}, Done: true}, time.Minute)
 	if !errors.Is(err, checkpoint.ErrFenced) {
 		t.Errorf("Advance with the lost lease: got %v, want ErrFenced", err)
 	}
@@ -146,7 +146,7 @@ func TestFencedAfterTakeover(t *testing.T) {
 	if err := s.Fence(ctx, tx, taker); err != nil {
 		t.Fatalf("Fence with the live lease: %v", err)
 	}
-	if err := s.Advance(ctx, tx, taker, ptr("150"), checkpoint.Counts{Rotated: 50}, false, time.Minute); err != nil {
+	if err := s.Advance(ctx, tx, taker, checkpoint.Step{Cursor: ptr("150"), Counts: checkpoint.Counts{Rotated: 50}, Done: false}, time.Minute); err != nil {
 		t.Fatalf("Advance with the live lease: %v", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -204,7 +204,7 @@ func TestFenceBlocksConcurrentTakeover(t *testing.T) {
 	if got, err := s.Claim(c2, run, "b", time.Minute); err != nil || got != nil {
 		t.Fatalf("claim while the range row is locked by a page: got %+v, %v; want nil, nil", got, err)
 	}
-	if err := s.Advance(ctx, tx, l, ptr("50"), checkpoint.Counts{Rotated: 5}, true, time.Minute); err != nil {
+	if err := s.Advance(ctx, tx, l, checkpoint.Step{Cursor: ptr("50"), Counts: checkpoint.Counts{Rotated: 5}, Done: true}, time.Minute); err != nil {
 		t.Fatalf("advance: %v", err)
 	}
 	if err := tx.Commit(ctx); err != nil {

@@ -230,9 +230,18 @@ func (c Counts) Rows() int64 {
 	return c.Rotated + c.Skipped + c.OtherKey + c.Quarantined + c.Conflicted
 }
 
-// Advance moves the cursor, adds the counts, renews the lease and, when done,
-// marks the range finished — inside tx, after Fence. cursor nil keeps it.
-func (s *Store) Advance(ctx context.Context, tx pgx.Tx, l *Lease, cursor *string, c Counts, done bool, ttl time.Duration) error {
+// Step is what one page transaction records for its range.
+type Step struct {
+	Cursor *string // the last id done; nil keeps the cursor where it is
+	Counts Counts  // added to the range's counts
+	Done   bool    // the range is finished
+}
+
+// Advance moves the cursor, adds the counts, renews the lease and, when
+// st.Done, marks the range finished — inside tx, after Fence. It does not
+// touch l.Cursor: tx may still roll back, so the caller moves it after COMMIT.
+func (s *Store) Advance(ctx context.Context, tx pgx.Tx, l *Lease, st Step, ttl time.Duration) error {
+	cursor, c, done := st.Cursor, st.Counts, st.Done
 	tag, err := tx.Exec(ctx, fmt.Sprintf(`
 		UPDATE %s.ranges SET
 			cursor = coalesce($5, cursor),

@@ -73,7 +73,7 @@ func advance(t *testing.T, db *pgxpool.Pool, s *checkpoint.Store, l *checkpoint.
 	if err := s.Fence(ctx, tx, l); err != nil {
 		t.Fatalf("fence range %d: %v", l.Range, err)
 	}
-	if err := s.Advance(ctx, tx, l, cursor, c, done, time.Minute); err != nil {
+	if err := s.Advance(ctx, tx, l, checkpoint.Step{Cursor: cursor, Counts: c, Done: done}, time.Minute); err != nil {
 		t.Fatalf("advance range %d: %v", l.Range, err)
 	}
 	if err := tx.Commit(ctx); err != nil {

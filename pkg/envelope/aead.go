@@ -54,26 +54,38 @@ func newAEAD(dek []byte) (cipher.AEAD, error) {
 	return aead, nil
 }
 
+// SealOptions is what [Seal] and [SealRandom] write into an envelope beside
+// the ciphertext (KID, WDEK) and bind it to through the AAD (Namespace,
+// RowID): named, since three of them are strings that a positional call
+// could swap without a compile error.
+type SealOptions struct {
+	KID       string // the resolved ARN of the key that wraps the data key
+	WDEK      []byte // the data key wrapped under KID
+	Namespace string // AAD: the token's namespace (by convention the table)
+	RowID     string // AAD: the token's row id
+}
+
 // Seal encrypts plaintext with the data key dek under the given nonce and
-// returns the envelope carrying kid and wdek. The output is a pure function
+// returns the envelope carrying o.KID and o.WDEK, bound to (o.Namespace,
+// o.RowID). The output is a pure function
 // of the inputs, which is what the test vectors need.
 //
 // The caller is responsible for never using the same nonce twice with the
 // same dek; outside tests use [SealRandom] or a [Sealer], which draw a fresh
 // random nonce for every call.
 //
-// kid must be the resolved key ARN ([ErrKIDAlias] for an alias). The result
+// o.KID must be the resolved key ARN ([ErrKIDAlias] for an alias). The result
 // aliases none of the arguments.
-func Seal(dek, nonce []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+func Seal(dek, nonce []byte, o SealOptions, plaintext []byte) (*Envelope, error) {
 	aead, err := newAEAD(dek)
 	if err != nil {
 		return nil, err
 	}
-	return sealWith(aead, nonce, kid, wdek, namespace, rowID, plaintext)
+	return sealWith(aead, nonce, o, plaintext)
 }
 
 // SealRandom is [Seal] with a fresh 12-byte nonce from crypto/rand.
-func SealRandom(dek []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+func SealRandom(dek []byte, o SealOptions, plaintext []byte) (*Envelope, error) {
 	aead, err := newAEAD(dek)
 	if err != nil {
 		return nil, err
@@ -82,10 +94,11 @@ func SealRandom(dek []byte, kid string, wdek []byte, namespace, rowID string, pl
 	// crypto/rand.Read never returns an error and never returns short
 	// reads (it crashes the program irrecoverably instead).
 	_, _ = rand.Read(nonce)
-	return sealWith(aead, nonce, kid, wdek, namespace, rowID, plaintext)
+	return sealWith(aead, nonce, o, plaintext)
 }
 
-func sealWith(aead cipher.AEAD, nonce []byte, kid string, wdek []byte, namespace, rowID string, plaintext []byte) (*Envelope, error) {
+func sealWith(aead cipher.AEAD, nonce []byte, o SealOptions, plaintext []byte) (*Envelope, error) {
+	kid, wdek, namespace, rowID := o.KID, o.WDEK, o.Namespace, o.RowID
 	if len(nonce) != NonceSize {
 		return nil, fmt.Errorf("%w: got %d bytes", ErrNonceLength, len(nonce))
 	}

@@ -208,7 +208,7 @@ func TestMarshal(t *testing.T) {
 
 func TestMarshalAppend(t *testing.T) {
 	t.Parallel()
-	e, err := Seal(testKey(), make([]byte, NonceSize), testKID, testWDEK, "ns", "1", []byte("tok"))
+	e, err := Seal(testKey(), make([]byte, NonceSize), SealOptions{KID: testKID, WDEK: testWDEK, Namespace: "ns", RowID: "1"}, []byte("tok"))
 	if err != nil {
 		t.Fatalf("Seal: %v", err)
 	}
@@ -307,7 +307,7 @@ func TestSealValidation(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			e, err := Seal(tt.dek, tt.nonce, tt.kid, tt.wdek, tt.ns, tt.row, []byte("tok"))
+			e, err := Seal(tt.dek, tt.nonce, SealOptions{KID: tt.kid, WDEK: tt.wdek, Namespace: tt.ns, RowID: tt.row}, []byte("tok"))
 			if !errors.Is(err, tt.want) || e != nil {
 				t.Fatalf("Seal = %+v, %v; want %v", e, err, tt.want)
 			}
@@ -315,7 +315,7 @@ func TestSealValidation(t *testing.T) {
 				t.Errorf("errors.Is(%v, ErrMalformed) = %v, want %v", err, got, tt.alsoMalformed != nil)
 			}
 			if len(tt.nonce) == NonceSize {
-				if e, err := SealRandom(tt.dek, tt.kid, tt.wdek, tt.ns, tt.row, []byte("tok")); !errors.Is(err, tt.want) {
+				if e, err := SealRandom(tt.dek, SealOptions{KID: tt.kid, WDEK: tt.wdek, Namespace: tt.ns, RowID: tt.row}, []byte("tok")); !errors.Is(err, tt.want) {
 					t.Errorf("SealRandom = %+v, %v; want %v", e, err, tt.want)
 				}
 			}
@@ -329,7 +329,7 @@ func TestSealDoesNotAlias(t *testing.T) {
 	nonce := bytes.Repeat([]byte{7}, NonceSize)
 	wdek := bytes.Clone(testWDEK)
 	pt := []byte("tok_visa")
-	e, err := Seal(testKey(), nonce, testKID, wdek, "ns", "1", pt)
+	e, err := Seal(testKey(), nonce, SealOptions{KID: testKID, WDEK: wdek, Namespace: "ns", RowID: "1"}, pt)
 	if err != nil {
 		t.Fatalf("Seal: %v", err)
 	}
@@ -345,7 +345,7 @@ func TestSealDoesNotAlias(t *testing.T) {
 func TestSealRandomRoundTrip(t *testing.T) {
 	t.Parallel()
 	for _, pt := range [][]byte{nil, {}, []byte("x"), bytes.Repeat([]byte{0xAB}, 10000)} {
-		e, err := SealRandom(testKey(), testKID, testWDEK, "payment_methods", "7", pt)
+		e, err := SealRandom(testKey(), SealOptions{KID: testKID, WDEK: testWDEK, Namespace: "payment_methods", RowID: "7"}, pt)
 		if err != nil {
 			t.Fatalf("SealRandom(%d bytes): %v", len(pt), err)
 		}
@@ -369,7 +369,7 @@ func TestSealRandomRoundTrip(t *testing.T) {
 
 func TestOpenValidation(t *testing.T) {
 	t.Parallel()
-	e, err := SealRandom(testKey(), testKID, testWDEK, "ns", "1", []byte("tok"))
+	e, err := SealRandom(testKey(), SealOptions{KID: testKID, WDEK: testWDEK, Namespace: "ns", RowID: "1"}, []byte("tok"))
 	if err != nil {
 		t.Fatalf("SealRandom: %v", err)
 	}
@@ -407,7 +407,7 @@ func TestOpenValidation(t *testing.T) {
 func TestRewrap(t *testing.T) {
 	t.Parallel()
 	dek := testKey()
-	e, err := SealRandom(dek, testKID, testWDEK, "payment_methods", "1", []byte("tok"))
+	e, err := SealRandom(dek, SealOptions{KID: testKID, WDEK: testWDEK, Namespace: "payment_methods", RowID: "1"}, []byte("tok"))
 	if err != nil {
 		t.Fatalf("SealRandom: %v", err)
 	}
@@ -466,7 +466,7 @@ func TestErrorsDoNotLeak(t *testing.T) {
 	dek := testKey()
 	token := []byte("tok_4242424242424242")
 	wdek := bytes.Repeat([]byte{0xD1, 0x3E}, 92)
-	e, err := SealRandom(dek, testKID, wdek, "payment_methods", "1", token)
+	e, err := SealRandom(dek, SealOptions{KID: testKID, WDEK: wdek, Namespace: "payment_methods", RowID: "1"}, token)
 	if err != nil {
 		t.Fatalf("SealRandom: %v", err)
 	}
@@ -482,8 +482,8 @@ func TestErrorsDoNotLeak(t *testing.T) {
 	add(Open(e, dek, "payment_methods", "2"))
 	add(Open(e, dek[:31], "payment_methods", "1"))
 	add(Open(e, append(bytes.Clone(dek), dek...), "payment_methods", "1"))
-	add(Seal(dek, dek[:11], testKID, wdek, "ns", "1", token))
-	add(Seal(dek[:16], make([]byte, NonceSize), testKID, wdek, "ns", "1", token))
+	add(Seal(dek, dek[:11], SealOptions{KID: testKID, WDEK: wdek, Namespace: "ns", RowID: "1"}, token))
+	add(Seal(dek[:16], make([]byte, NonceSize), SealOptions{KID: testKID, WDEK: wdek, Namespace: "ns", RowID: "1"}, token))
 	add(Parse(badVersion))
 	add(Parse(b[:len(b)-len(token)-3]))
 	add(NewSealer(dek[:24], testKID, wdek, 0))

@@ -121,7 +121,7 @@ func (s *Sealer) Seal(namespace, rowID string, plaintext []byte) (*Envelope, err
 	_, _ = rand.Read(nonce) // never fails (crypto/rand, Go 1.24+)
 	// The use is counted once a nonce has been drawn for this key.
 	s.used++
-	return sealWith(s.aead, nonce, s.kid, s.wdek, namespace, rowID, plaintext)
+	return sealWith(s.aead, nonce, SealOptions{KID: s.kid, WDEK: s.wdek, Namespace: namespace, RowID: rowID}, plaintext)
 }
 
 // Open is [Open] with the Sealer's data key, for checking what was sealed.

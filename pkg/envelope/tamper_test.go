@@ -212,7 +212,7 @@ func TestWrongAAD(t *testing.T) {
 		row = "3f0e8a52-6b1d-4c1e-9f7a-0c2b8d4e5f61"
 	)
 	pt := []byte("tok_4242424242424242")
-	e, err := SealRandom(dek, testKID, testWDEK, ns, row, pt)
+	e, err := SealRandom(dek, SealOptions{KID: testKID, WDEK: testWDEK, Namespace: ns, RowID: row}, pt)
 	if err != nil {
 		t.Fatalf("SealRandom: %v", err)
 	}

@@ -125,7 +125,7 @@ func TestVectorsValid(t *testing.T) {
 	for _, v := range vf.Valid {
 		t.Run(v.Name, func(t *testing.T) {
 			t.Parallel()
-			e, err := Seal(v.DEK, v.Nonce, v.KID, v.WDEK, v.Namespace, v.RowID, v.Plaintext)
+			e, err := Seal(v.DEK, v.Nonce, SealOptions{KID: v.KID, WDEK: v.WDEK, Namespace: v.Namespace, RowID: v.RowID}, v.Plaintext)
 			if err != nil {
 				t.Fatalf("Seal: %v", err)
 			}

@@ -79,7 +79,7 @@ func TestEnvelopeRoundTripThroughKMS(t *testing.T) {
 				t.Fatalf("GenerateDataKey: %v", err)
 			}
 			plain := []byte("tok_4242424242424242")
-			env, err := envelope.SealRandom(dek, key.ARN, wdek, "payment_methods", "row-1", plain)
+			env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: key.ARN, WDEK: wdek, Namespace: "payment_methods", RowID: "row-1"}, plain)
 			dek.Zero()
 			if err != nil {
 				t.Fatal(err)
@@ -116,7 +116,7 @@ func TestRewrapKeepsNonceAndCiphertext(t *testing.T) {
 				t.Fatal(err)
 			}
 			plain := []byte("tok_visa_0001")
-			env, err := envelope.SealRandom(dek, oldKey.ARN, wdek, "payment_methods", "42", plain)
+			env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: oldKey.ARN, WDEK: wdek, Namespace: "payment_methods", RowID: "42"}, plain)
 			dek.Zero()
 			if err != nil {
 				t.Fatal(err)

@@ -32,7 +32,7 @@ func (w *world) sealRow(key kmsclient.Key, id string, plaintext []byte) (tok, de
 		w.t.Fatal(err)
 	}
 	defer d.Zero()
-	env, err := envelope.SealRandom(d, key.ARN, wdek, fixture.Namespace, id, plaintext)
+	env, err := envelope.SealRandom(d, envelope.SealOptions{KID: key.ARN, WDEK: wdek, Namespace: fixture.Namespace, RowID: id}, plaintext)
 	if err != nil {
 		w.t.Fatal(err)
 	}

@@ -166,7 +166,7 @@ func FuzzIdentifiers(f *testing.F) {
 		}
 		ids := []string{"1", "2", "3"}
 		for _, id := range ids {
-			env, err := envelope.SealRandom(dek, oldKey.ARN, wdek, "payment_methods", id, []byte("tok_fuzz_"+id))
+			env, err := envelope.SealRandom(dek, envelope.SealOptions{KID: oldKey.ARN, WDEK: wdek, Namespace: "payment_methods", RowID: id}, []byte("tok_fuzz_"+id))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -180,7 +180,7 @@ func FuzzIdentifiers(f *testing.F) {
 
 		// 3. Preflight (Inspect, key checks, the sample of tokens) and a run.
 		err = func() error {
-			checked, err := batch.Preflight(ctx, db, kc, spec, oldKey.ARN, newKeyK.ARN, "payment_methods", batch.Rekey)
+			checked, err := batch.Preflight(ctx, db, kc, batch.PreflightOptions{Spec: spec, OldRef: oldKey.ARN, NewRef: newKeyK.ARN, Namespace: "payment_methods", Mode: batch.Rekey})
 			if err != nil {
 				return fmt.Errorf("preflight: %w", err)
 			}

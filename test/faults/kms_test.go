@@ -154,7 +154,7 @@ func TestKMSFaultsNoGoroutineLeak(t *testing.T) {
 		cache := kmsclient.NewCache(1024, time.Minute)
 		defer cache.Purge()
 		kc := kmsclient.NewClient(api, "payment_methods", cache)
-		checked, err := batch.Preflight(ctx, pool, kc, refSpec(), w.Old.ARN, w.New.ARN, "payment_methods", batch.Rekey)
+		checked, err := batch.Preflight(ctx, pool, kc, batch.PreflightOptions{Spec: refSpec(), OldRef: w.Old.ARN, NewRef: w.New.ARN, Namespace: "payment_methods", Mode: batch.Rekey})
 		if err != nil {
 			return err
 		}

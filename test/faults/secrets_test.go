@@ -313,7 +313,7 @@ func TestDataKeysZeroedAfterUse(t *testing.T) {
 	cache := kmsclient.NewCache(1024, time.Minute)
 	defer cache.Purge()
 	kc := kmsclient.NewClient(rec, fixture.Namespace, cache)
-	checked, err := batch.Preflight(ctx, w.DB, kc, refSpec(), w.Old.ARN, w.New.ARN, fixture.Namespace, batch.Rekey)
+	checked, err := batch.Preflight(ctx, w.DB, kc, batch.PreflightOptions{Spec: refSpec(), OldRef: w.Old.ARN, NewRef: w.New.ARN, Namespace: fixture.Namespace, Mode: batch.Rekey})
 	if err != nil {
 		t.Fatal(err)
 	}
