@@ -45,7 +45,7 @@ type api struct {
 	// key is still in flight: as a live API switches keys before the Job
 	// starts, a token sealed under OLD never lands behind the run's cursor.
 	keyInUse sync.RWMutex
-	samples []sample
+	samples  []sample
 
 	throttled atomic.Int64 // KMS attempts answered ThrottlingException
 	attempts  atomic.Int64 // KMS attempts
