@@ -45,6 +45,10 @@ type engineRun struct {
 	engineKMS     map[string]int64 // the engine's own KMS attempt counts
 	preflightKMS  int64            // of which the preflight's (a fixed cost per run)
 	stdout        string
+	// From the log lines' times: the run joined, its first and last page
+	// committed, it finished. Before the first page the engine cuts ranges;
+	// after the last it recounts the table (exit 0 means no row under OLD).
+	joined, firstPage, lastPage, finished time.Time
 
 	mu    sync.Mutex
 	lines []string // last lines of the log, for errors
@@ -74,9 +78,21 @@ func (r *engineRun) logLine(line []byte) {
 		r.lines = append(r.lines, string(line))
 	}
 	var m map[string]any
+	at := func() time.Time {
+		t, _ := time.Parse(time.RFC3339Nano, fmt.Sprint(m["time"]))
+		return t
+	}
 	switch {
+	case bytes.Contains(line, []byte(`"msg":"run joined"`)):
+		if json.Unmarshal(line, &m) == nil {
+			r.joined = at()
+		}
 	case bytes.Contains(line, []byte(`"msg":"page committed"`)):
 		if json.Unmarshal(line, &m) == nil && num(m["rows"]) > 0 {
+			if r.firstPage.IsZero() {
+				r.firstPage = at()
+			}
+			r.lastPage = at()
 			r.pageSeconds = append(r.pageSeconds, num(m["seconds"]))
 			for i, k := range phaseNames {
 				r.phaseSeconds[i] = append(r.phaseSeconds[i], num(m[k+"_seconds"]))
@@ -95,6 +111,7 @@ func (r *engineRun) logLine(line []byte) {
 		}
 	case bytes.Contains(line, []byte(`"msg":"reencrypt run finished"`)):
 		if json.Unmarshal(line, &m) == nil {
+			r.finished = at()
 			r.rotated = int64(num(m["rotated"]))
 			r.pages = int64(num(m["pages"]))
 			r.engineSeconds = num(m["seconds"])
@@ -314,3 +331,23 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 }
 
 var _ io.Writer = (*lineWriter)(nil)
+
+// timeline splits an engine run's seconds: from joining the run to its first
+// page (cutting ranges), pages, and from the last page to the end (the
+// recount, final status). Nil when the log did not say.
+type timeline struct {
+	BeforePages float64 `json:"before_first_page_s"`
+	Pages       float64 `json:"pages_s"`
+	AfterPages  float64 `json:"after_last_page_s"`
+}
+
+func (r *engineRun) timeline() *timeline {
+	if r.joined.IsZero() || r.firstPage.IsZero() || r.finished.IsZero() {
+		return nil
+	}
+	return &timeline{
+		BeforePages: r.firstPage.Sub(r.joined).Seconds(),
+		Pages:       r.lastPage.Sub(r.firstPage).Seconds(),
+		AfterPages:  r.finished.Sub(r.lastPage).Seconds(),
+	}
+}

@@ -34,6 +34,7 @@ import (
 
 // Scenario names, in their round-1 order.
 const (
+	scServer = "server-ceiling"
 	scPG     = "pg-ceiling"
 	scKMS    = "kms-ceiling"
 	scNaive  = "naive"
@@ -42,7 +43,7 @@ const (
 	scSecond = "second"
 )
 
-var allScenarios = []string{scPG, scKMS, scNaive, scRekey, scRewrap, scSecond}
+var allScenarios = []string{scServer, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond}
 
 type options struct {
 	rows        int
@@ -65,6 +66,7 @@ type options struct {
 	cpuProfile  string
 	waitIdle    time.Duration
 	rssBase     string
+	statements  bool
 }
 
 func main() {
@@ -146,6 +148,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "profile mode: run the rekey engine in-process once on a fresh copy and write a CPU profile here (no table)")
 	fs.DurationVar(&o.waitIdle, "wait-idle", 30*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle (0 = don't)")
 	fs.StringVar(&o.rssBase, "rss-baseline", "", "JSON of an earlier run (e.g. at 100,000 rows): check each engine scenario's peak RSS is within 1.25x of its peak there")
+	fs.BoolVar(&o.statements, "statements", false, "load pg_stat_statements and print each scenario's Postgres time by statement (costs some server CPU: compare runs with the same setting)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

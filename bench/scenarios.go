@@ -63,8 +63,10 @@ type Result struct {
 	ReEncryptPerSec float64      `json:"reencrypt_per_s,omitempty"`           // kms-ceiling: ReEncrypt ops/s
 	CPUDecrypt      *cpuSnapshot `json:"cpu_seconds_decrypt_phase,omitempty"` // kms-ceiling: CPU of the Decrypt phase alone
 	Verified        string       `json:"verified,omitempty"`
-	Problems        []string     `json:"problems,omitempty"` // correctness: always fatal
-	Notes           []string     `json:"notes,omitempty"`    // KMS-count expectations: fatal with -smoke
+	Statements      []stmtStat   `json:"pg_statements,omitempty"` // -statements: server time by statement
+	Timeline        *timeline    `json:"timeline,omitempty"`      // engine: where its seconds went
+	Problems        []string     `json:"problems,omitempty"`      // correctness: always fatal
+	Notes           []string     `json:"notes,omitempty"`         // KMS-count expectations: fatal with -smoke
 }
 
 func nan() float64 { return math.NaN() }
@@ -200,6 +202,10 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		tpl = b.tplSecond
 	case scPG:
 		tpl = b.tplFake
+	case scServer:
+		if b.tplSecond != "" {
+			tpl = b.tplSecond
+		}
 	}
 	name := b.dbName(fmt.Sprintf("r%d_%s", round, sc))
 	dbURL, err := b.createDB(ctx, name, tpl)
@@ -207,6 +213,11 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		return nil, err
 	}
 	defer b.dropDB(ctx, name)
+	if b.o.statements {
+		if err := resetStatements(ctx, dbURL); err != nil {
+			return nil, err
+		}
+	}
 
 	m, err := b.startMeasure(ctx)
 	if err != nil {
@@ -217,6 +228,8 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	var want expect
 	var run *engineRun
 	switch sc {
+	case scServer:
+		err = b.serverCeiling(ctx, dbURL, r)
 	case scPG:
 		run, err = b.runEngineInProcess(ctx, dbURL, old, nw, batch.Rekey, b.fake)
 		want = expect{under: map[string]int64{nw.ARN: n}, audit: n, kc: b.fakeKC}
@@ -244,6 +257,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		r.Rows, r.Seconds = run.rotated, run.engineSeconds
 		r.Pages, r.KMSWorkers, r.KMSLatencyMs, r.EngineKMS = run.pagesWithRows, run.kmsWorkers, run.kmsLatencyMs, run.engineKMS
 		r.KMSPreflight = run.preflightKMS
+		r.Timeline = run.timeline()
 		if run.hwmKiB > 0 {
 			r.PeakRSSMiB = float64(run.hwmKiB) / 1024
 		}
@@ -280,12 +294,23 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	if err := m.finish(ctx, r); err != nil {
 		return nil, err
 	}
+	if b.o.statements {
+		if r.Statements, err = readStatements(ctx, dbURL, r.Rows); err != nil {
+			return nil, err
+		}
+	}
 	st, err := tokenTableStats(ctx, dbURL, r.Rows)
 	if err != nil {
 		return nil, err
 	}
 	r.Stats = &st
-	probs, checked := b.verify(ctx, dbURL, want)
+	verify := b.verify
+	if sc == scServer {
+		verify = func(ctx context.Context, dbURL string, _ expect) ([]string, string) {
+			return b.checkServerCeiling(ctx, dbURL, r)
+		}
+	}
+	probs, checked := verify(ctx, dbURL, want)
 	r.Problems = append(r.Problems, probs...)
 	r.Verified = checked
 	r.Notes = append(r.Notes, b.checkKMS(r)...)
@@ -301,6 +326,10 @@ func (b *bench) checkKMS(r *Result) []string {
 	bad := func(format string, a ...any) { notes = append(notes, fmt.Sprintf(format, a...)) }
 	rows, pages := r.Rows, r.Pages
 	switch r.Scenario {
+	case scServer:
+		if r.KMSTotal != 0 {
+			bad("server-ceiling made %d KMS requests, want 0", r.KMSTotal)
+		}
 	case scPG:
 		if r.KMSTotal != 0 {
 			bad("pg-ceiling made %d KMS requests, want 0", r.KMSTotal)

@@ -127,7 +127,7 @@ func setup(ctx context.Context, o *options) (*bench, error) {
 	b.logf("engine binary: %s", b.bin)
 
 	// Postgres: durable, so WAL and commit costs are the real ones.
-	if b.pg, err = testbed.StartPostgres(ctx, testbed.PostgresOptions{Durable: true}); err != nil {
+	if b.pg, err = testbed.StartPostgres(ctx, b.postgresOptions()); err != nil {
 		return b, err
 	}
 	if b.adminDB, err = pgx.Connect(ctx, b.pg.URL("postgres")); err != nil {
@@ -462,6 +462,16 @@ func (b *bench) seedFakeTemplate(ctx context.Context) error {
 	}
 	pool.Close()
 	return b.freeze(ctx, b.tplFake)
+}
+
+// postgresOptions: durable, so WAL and commit costs are the real ones;
+// with -statements, pg_stat_statements loaded.
+func (b *bench) postgresOptions() testbed.PostgresOptions {
+	o := testbed.PostgresOptions{Durable: true}
+	if b.o.statements {
+		o.Settings = statementSettings
+	}
+	return o
 }
 
 // close drops this invocation's databases and stops what setup started.

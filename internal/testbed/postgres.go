@@ -49,6 +49,10 @@ type PostgresOptions struct {
 	// Local always starts a private local server, even when
 	// TEST_DATABASE_URL is set. Restart needs a server of its own.
 	Local bool
+
+	// Settings are extra server settings, "name=value" each (postgres -c);
+	// the benchmark loads pg_stat_statements with them.
+	Settings []string
 }
 
 // Postgres is a throwaway PostgreSQL server started by StartPostgres, or an
@@ -248,6 +252,9 @@ func (p *Postgres) start(ctx context.Context) error {
 			"-c", "fsync=off",
 			"-c", "synchronous_commit=off",
 			"-c", "full_page_writes=off")
+	}
+	for _, kv := range p.opts.Settings {
+		args = append(args, "-c", kv)
 	}
 	logFile, err := os.OpenFile(p.logPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 	if err != nil {
