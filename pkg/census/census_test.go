@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/reencrypt/reencrypt/internal/fixture"
@@ -67,6 +68,62 @@ func TestCount(t *testing.T) {
 	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, nil)
 	if err != nil || n != 66 {
 		t.Errorf("RowsUnder NEW: %d, %v; want 66", n, err)
+	}
+}
+
+// TestRowsUnderEveryKidForm: the recount finds a row under the key whatever
+// form of the key its kid records (ARN, key id, alias name, alias ARN), and
+// only those, although it reads only the rows whose token holds the key id
+// or "alias/": the same count as parsing every row.
+func TestRowsUnderEveryKidForm(t *testing.T) {
+	e := fixture.New(t, "bigint")
+	ctx := context.Background()
+	oldARN, otherARN := e.Old.ARN, e.New.ARN
+	keyID := oldARN[strings.LastIndexByte(oldARN, '/')+1:]
+	aliasARN := oldARN[:strings.Index(oldARN, ":key/")] + ":alias/old"
+	resolve := map[string]string{keyID: oldARN, "alias/old": oldARN, aliasARN: oldARN, "alias/other": otherARN}
+	keyOf := func(_ context.Context, kid string) (string, error) {
+		if arn, ok := resolve[kid]; ok {
+			return arn, nil
+		}
+		return "", fmt.Errorf("unknown kid %q", kid)
+	}
+	kids := []string{oldARN, keyID, "alias/old", aliasARN, otherARN, "alias/other"}
+	wantUnder := 0
+	for i := 1; i <= 600; i++ {
+		kid := kids[i%len(kids)]
+		if i%len(kids) < 4 {
+			wantUnder++
+		}
+		e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES ($1, $2)`, i, fakeToken(t, kid, []byte{byte(i)}))
+	}
+	// Unreadable rows that hold the key id: counted by no one.
+	bad := append([]byte{0x02, 0x01, 0, byte(len(oldARN))}, oldARN...)
+	e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES (601, $1), (602, NULL)`, bad)
+	tbl := inspect(t, e)
+
+	n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, keyOf)
+	if err != nil || n != int64(wantUnder) {
+		t.Errorf("RowsUnder OLD: %d, %v; want %d", n, err, wantUnder)
+	}
+	// The same, parsing every row of the table.
+	var all int64
+	err = tokentable.Walk(ctx, e.DB, tbl, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
+		for _, r := range page {
+			if env, _ := tokentable.ParseToken(r.Token); env != nil {
+				if arn, ok := resolve[env.KID]; (ok && arn == oldARN) || env.KID == oldARN {
+					all++
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil || all != n {
+		t.Errorf("parsing every row: %d under OLD (%v); RowsUnder said %d", all, err, n)
+	}
+	// Without a resolver, kids compare as they are: only the ARN rows.
+	if n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, nil); err != nil || n != 100 {
+		t.Errorf("RowsUnder OLD, no resolver: %d, %v; want 100", n, err)
 	}
 }
 

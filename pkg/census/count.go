@@ -3,6 +3,7 @@ package census
 import (
 	"context"
 	"hash/maphash"
+	"strings"
 
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
@@ -154,9 +155,19 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // RowsUnder counts the rows of the whole table under the key ARN, every
 // envelope parsed. A kid that is not a key ARN (a key id or an alias a
 // writer recorded) is resolved with keyOf; nil compares kids as they are.
+//
+// Only rows whose token could name the key are read (WalkContaining): every
+// form of kid that resolves to the key contains its key id (its ARN, the id
+// itself) or "alias/" (an alias name or alias ARN); with keyOf nil, its ARN.
+// The others cannot be under it, and Postgres skips them without sending
+// them.
 func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf) (int64, error) {
+	needles := [][]byte{[]byte(keyARN)}
+	if keyOf != nil {
+		needles = [][]byte{[]byte(keyID(keyARN)), []byte("alias/")}
+	}
 	var n int64
-	err := tokentable.Walk(ctx, db, t, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
+	err := tokentable.WalkContaining(ctx, db, t, needles, recountPageRows, func(page []tokentable.Row) error {
 		for _, r := range page {
 			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {
@@ -176,6 +187,19 @@ func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, 
 		return nil
 	})
 	return n, err
+}
+
+// recountPageRows is the page of RowsUnder's walk: few rows travel, so a
+// page can be large; each is still one short statement (one snapshot).
+const recountPageRows = 20_000
+
+// keyID is the key id at the end of a key ARN (".../key/ID"), or the ARN
+// itself when it has no slash.
+func keyID(keyARN string) string {
+	if i := strings.LastIndexByte(keyARN, '/'); i >= 0 && i < len(keyARN)-1 {
+		return keyARN[i+1:]
+	}
+	return keyARN
 }
 
 // hashSeed is per process: the hashes never leave memory, so they need not

@@ -89,6 +89,59 @@ func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn 
 	}
 }
 
+// WalkContaining is Walk over the whole table for the rows whose token
+// contains at least one of the needles as a byte string: Postgres searches
+// each page and sends only the matches, so a count that only cares about
+// tokens holding certain bytes (the rows under one key hold its key id)
+// does not ship the table. Pages hold pageSize rows of the table (0:
+// DefaultPageSize) and fn sees only their matches (possibly none; it is
+// not called then). Rows with a NULL id or token never match.
+func WalkContaining(ctx context.Context, db Querier, t *Table, needles [][]byte, pageSize int, fn func(matches []Row) error) error {
+	if pageSize <= 0 {
+		pageSize = DefaultPageSize
+	}
+	var cursor *string
+	for {
+		q := t.read.containingAll
+		if cursor != nil {
+			q = t.read.containingFrom
+		}
+		rs, err := db.Query(ctx, q, cursor, pageSize, needles)
+		if err != nil {
+			return fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
+		}
+		var rows int
+		var last *string
+		var matches []Row
+		for rs.Next() {
+			var id *string
+			var tok []byte
+			if err := rs.Scan(&rows, &last, &id, &tok); err != nil {
+				rs.Close()
+				return fmt.Errorf("read %s: %w", t.Qualified(), err)
+			}
+			if id != nil {
+				matches = append(matches, Row{ID: *id, Token: tok})
+			}
+		}
+		if err := rs.Err(); err != nil {
+			return fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
+		}
+		if len(matches) > 0 {
+			if err := fn(matches); err != nil {
+				return err
+			}
+		}
+		if rows < pageSize || last == nil {
+			return nil
+		}
+		if cursor != nil && *cursor == *last {
+			return fmt.Errorf("read %s: cursor did not advance past %q", t.Qualified(), *last)
+		}
+		cursor = last
+	}
+}
+
 func deref(s *string) string {
 	if s == nil {
 		return ""
@@ -102,6 +155,7 @@ func deref(s *string) string {
 // the upper bound.
 type reads struct {
 	all, from, to, between, byIDs string
+	containingAll, containingFrom string // WalkContaining's pages
 }
 
 func newReads(t *Table) reads {
@@ -122,7 +176,26 @@ func newReads(t *Table) reads {
 		to:      sel + ` WHERE $1::text IS NULL AND ` + upper + order,
 		between: sel + ` WHERE ` + lower + ` AND ` + upper + order,
 		byIDs:   sel + fmt.Sprintf(` WHERE t.%s = ANY($1::text[]::%s[]) ORDER BY t.%[1]s`, t.qid, t.IDType),
+
+		containingAll:  containing(t, `$1::text IS NULL`),
+		containingFrom: containing(t, lower),
 	}
+}
+
+// containing is one page of WalkContaining: the page's row count and last
+// id, and its rows whose token holds one of the needles ($3), or a single
+// row of NULLs when none does. The tokens are searched where they are
+// stored; only the matches travel.
+func containing(t *Table, lower string) string {
+	return fmt.Sprintf(`
+		WITH page AS MATERIALIZED (
+			SELECT t.%[1]s AS k, t.%[2]s AS tok FROM %[3]s AS t
+			WHERE %[4]s AND t.%[1]s IS NOT NULL ORDER BY t.%[1]s LIMIT $2
+		)
+		SELECT n.rows, n.last, c.k::text, c.tok
+		FROM (SELECT count(*) AS rows, (SELECT p.k::text FROM page AS p ORDER BY p.k DESC LIMIT 1) AS last FROM page) AS n
+		LEFT JOIN page AS c ON EXISTS (SELECT 1 FROM unnest($3::bytea[]) AS x(needle) WHERE position(x.needle IN c.tok) > 0)`,
+		t.qid, t.qtoken, t.qname, lower)
 }
 
 func (q reads) pick(lower, upper *string) string {

@@ -69,3 +69,55 @@ func TestWalkOrderAndBounds(t *testing.T) {
 		t.Errorf("ReadIDs: got %v, %v; want rows 2, 10, 1000 in order", rows, err)
 	}
 }
+
+// TestWalkContaining: every row whose token holds a needle is passed on
+// once, in id order, across pages that may hold no match at all; rows with
+// a NULL token or none of the needles are not; integer ids page numerically.
+func TestWalkContaining(t *testing.T) {
+	e := fixture.New(t, "bigint")
+	ctx := context.Background()
+	// ids 1..250; the token of id i holds "needle-A" when i%7 == 0,
+	// "needle-B" when i%50 == 0, neither otherwise; id 251 has no token.
+	want := map[string]bool{}
+	for i := 1; i <= 250; i++ {
+		tok := []byte(fmt.Sprintf("\x01\x01 row %d payload", i))
+		if i%7 == 0 {
+			tok = append(tok, "..needle-A.."...)
+		}
+		if i%50 == 0 {
+			tok = append(tok, "needle-B"...)
+		}
+		if i%7 == 0 || i%50 == 0 {
+			want[strconv.Itoa(i)] = true
+		}
+		e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES ($1, $2)`, i, tok)
+	}
+	e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES (251, NULL)`)
+	tbl := inspect(t, e)
+	for _, pageSize := range []int{1, 6, 100, 1000} {
+		t.Run(fmt.Sprintf("page %d", pageSize), func(t *testing.T) {
+			got, prev := 0, 0
+			err := tokentable.WalkContaining(ctx, e.DB, tbl, [][]byte{[]byte("needle-A"), []byte("needle-B")}, pageSize,
+				func(matches []tokentable.Row) error {
+					for _, r := range matches {
+						n, _ := strconv.Atoi(r.ID)
+						if !want[r.ID] || n <= prev {
+							return fmt.Errorf("row %s passed on (after %d): not a match, or out of order", r.ID, prev)
+						}
+						if len(r.Token) == 0 {
+							return fmt.Errorf("row %s: no token", r.ID)
+						}
+						prev = n
+						got++
+					}
+					return nil
+				})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != len(want) {
+				t.Errorf("%d matches, want %d", got, len(want))
+			}
+		})
+	}
+}
