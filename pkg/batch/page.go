@@ -356,10 +356,14 @@ func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.E
 		return err
 	}
 	defer dek.Zero()
+	opener, err := envelope.NewOpener(dek)
+	if err != nil {
+		return err
+	}
 	ns := e.cfg.Namespace
 	for _, i := range idx {
 		id := rows[i].ID
-		plain, err := envelope.Open(envs[i], dek, ns, id)
+		plain, err := opener.Open(envs[i], ns, id)
 		if err != nil {
 			res[i] = result{outcome: outQuarantine, class: tokentable.OpenClass(err)}
 			continue

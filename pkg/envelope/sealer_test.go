@@ -244,7 +244,38 @@ func TestSealerDestroyWhileSealing(t *testing.T) {
 	}
 }
 
-// TestRedaction: no way of printing a Sealer or a DataKey shows the key.
+// TestOpenerOpensWhatSealed: an Opener opens every envelope sealed under
+// its data key, for its own row only, like Open.
+func TestOpenerOpensWhatSealed(t *testing.T) {
+	t.Parallel()
+	s, err := NewSealer(testKey(), testKID, testWDEK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy()
+	op, err := NewOpener(testKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		row := fmt.Sprint(i)
+		e, err := s.Seal("ns", row, []byte("tok-"+row))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pt, err := op.Open(e, "ns", row); err != nil || string(pt) != "tok-"+row {
+			t.Errorf("Open(%s) = %q, %v", row, pt, err)
+		}
+		if _, err := op.Open(e, "ns", row+"x"); !errors.Is(err, ErrAuth) {
+			t.Errorf("Open(%s) as another row: %v, want ErrAuth", row, err)
+		}
+	}
+	if _, err := NewOpener(make([]byte, 16)); !errors.Is(err, ErrKeySize) {
+		t.Errorf("NewOpener(16 bytes): %v, want ErrKeySize", err)
+	}
+}
+
+// TestRedaction: no way of printing a Sealer, an Opener or a DataKey shows the key.
 func TestRedaction(t *testing.T) {
 	t.Parallel()
 	dek := testKey()
@@ -254,9 +285,13 @@ func TestRedaction(t *testing.T) {
 	}
 	defer s.Destroy()
 	dk := DataKey(bytes.Clone(dek))
+	op, err := NewOpener(dek)
+	if err != nil {
+		t.Fatalf("NewOpener: %v", err)
+	}
 
 	var outputs []string
-	for _, v := range []any{s, dk, &dk} {
+	for _, v := range []any{s, dk, &dk, op} {
 		outputs = append(outputs,
 			fmt.Sprintf("%v %+v %#v %s", v, v, v, v),
 			fmt.Sprintf("%x %X %q %d %o %b %T", v, v, v, v, v, v, v),
@@ -274,12 +309,12 @@ func TestRedaction(t *testing.T) {
 	} {
 		var buf bytes.Buffer
 		logger := slog.New(h(&buf))
-		logger.Info("sealer", "sealer", s, "key", dk, slog.Any("any_key", dk), slog.Group("g", "s", s))
+		logger.Info("sealer", "sealer", s, "key", dk, slog.Any("any_key", dk), slog.Group("g", "s", s), "opener", op)
 		logger.With("sealer", s).Error("with")
 		outputs = append(outputs, buf.String())
 	}
 
-	jb, err := json.Marshal(map[string]any{"sealer": s, "key": dk})
+	jb, err := json.Marshal(map[string]any{"sealer": s, "key": dk, "opener": op})
 	if err != nil {
 		t.Fatalf("json.Marshal: %v", err)
 	}
