@@ -14,7 +14,7 @@ import "context"
 // pages run at once.
 type Hooks struct {
 	AfterRotate  func(ctx context.Context) // the page's KMS and AES work is done, nothing written yet
-	BeforeUpdate func(ctx context.Context) // transaction open and fenced, before the compare-and-swap UPDATE
+	BeforeUpdate func(ctx context.Context) // transaction open, before the fence, key lock and compare-and-swap UPDATE are sent (one batch)
 	BeforeCommit func(ctx context.Context) // UPDATE, audit rows, quarantine and checkpoint sent, before COMMIT
 	AfterCommit  func(ctx context.Context) // COMMIT acknowledged, before the process records it
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
@@ -473,22 +474,21 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 		return c, nil, fmt.Errorf("begin: %w", err)
 	}
 	defer func() { _ = tx.Rollback(context.WithoutCancel(ctx)) }()
-	if err := e.store.Fence(ctx, tx, l); err != nil {
-		return c, nil, err
-	}
-	if err := e.lockKey(ctx, tx); err != nil {
-		return c, nil, err
-	}
 
-	var conflicts []string
+	// The fence, NEW's key lock and the compare-and-swap go in one round
+	// trip, in this order; the first error (ErrFenced included) aborts the
+	// transaction and is returned by Close.
 	hook(ctx, e.cfg.Hooks.BeforeUpdate)
+	b := &pgx.Batch{}
+	e.store.QueueFence(b, l)
+	e.queueLockKey(b)
+	var conflicts []string
 	if len(plan.swaps) > 0 {
-		var err error
-		if c.Rotated, conflicts, err = e.swapTokens(ctx, tx, plan.swaps); err != nil {
-			return c, nil, err
-		}
+		e.queueSwap(b, plan.swaps, &c.Rotated, &conflicts)
 	}
-
+	if err := tx.SendBatch(ctx, b).Close(); err != nil {
+		return c, nil, err
+	}
 	if len(bad) > 0 {
 		fresh, err := e.store.Quarantine(ctx, tx, e.run, bad)
 		if err != nil {
@@ -537,39 +537,37 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 	return c, conflicts, nil
 }
 
-// swapTokens replaces each row's token by compare-and-swap, with an audit
-// row for each swapped one, and returns how many were swapped and the ids
-// of those whose token the live API changed meanwhile (not swapped).
-func (e *Engine) swapTokens(ctx context.Context, tx pgx.Tx, swaps []swap) (int64, []string, error) {
+// queueSwap queues the compare-and-swap of each row's token, with an audit
+// row for each swapped one; once the batch has run, *swapped is how many
+// were swapped and *conflicts the ids of those whose token the live API
+// changed meanwhile (not swapped).
+func (e *Engine) queueSwap(b *pgx.Batch, swaps []swap, swapped *int64, conflicts *[]string) {
 	ids := make([]string, len(swaps))
 	olds := make([][]byte, len(swaps))
 	news := make([][]byte, len(swaps))
 	for i, s := range swaps {
 		ids[i], olds[i], news[i] = s.id, s.old, s.new
 	}
-	swapped, err := tx.Query(ctx, e.sql.swap, ids, olds, news, e.details)
-	if err != nil {
-		return 0, nil, fmt.Errorf("swap tokens: %w", err)
-	}
-	got := make(map[string]struct{}, len(ids))
-	for swapped.Next() {
-		var id string
-		if err := swapped.Scan(&id); err != nil {
-			swapped.Close()
-			return 0, nil, err
+	b.Queue(e.sql.swap, ids, olds, news, e.details).Query(func(rows pgx.Rows) error {
+		got := make(map[string]struct{}, len(ids))
+		for rows.Next() {
+			var id string
+			if err := rows.Scan(&id); err != nil {
+				return fmt.Errorf("swap tokens: %w", err)
+			}
+			got[id] = struct{}{}
 		}
-		got[id] = struct{}{}
-	}
-	if err := swapped.Err(); err != nil {
-		return 0, nil, fmt.Errorf("swap tokens: %w", err)
-	}
-	var conflicts []string
-	for _, id := range ids {
-		if _, ok := got[id]; !ok {
-			conflicts = append(conflicts, id)
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("swap tokens: %w", err)
 		}
-	}
-	return int64(len(got)), conflicts, nil
+		for _, id := range ids {
+			if _, ok := got[id]; !ok {
+				*conflicts = append(*conflicts, id)
+			}
+		}
+		*swapped = int64(len(got))
+		return nil
+	})
 }
 
 // advanceOnly moves the checkpoint when nothing else is left to write. Its
@@ -597,12 +595,19 @@ func (e *Engine) advanceOnly(ctx context.Context, l *checkpoint.Lease, last *str
 	return nil
 }
 
+// queueLockKey is lockKey as a statement of the page's batch.
+func (e *Engine) queueLockKey(b *pgx.Batch) {
+	b.Queue(lockKeySQL, checkpoint.KeyLockID(e.cfg.New.ARN)).Exec(func(pgconn.CommandTag) error { return nil })
+}
+
+const lockKeySQL = `SELECT pg_advisory_xact_lock_shared($1)`
+
 // lockKey takes NEW's advisory lock shared for the page transaction: keys
 // retire and schedule-deletion take it exclusive for the key they act on, so
 // a page writing under that key (a rollback run) cannot commit between their
 // count and their status change.
 func (e *Engine) lockKey(ctx context.Context, tx pgx.Tx) error {
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, checkpoint.KeyLockID(e.cfg.New.ARN)); err != nil {
+	if _, err := tx.Exec(ctx, lockKeySQL, checkpoint.KeyLockID(e.cfg.New.ARN)); err != nil {
 		return fmt.Errorf("lock key %s: %w", e.cfg.New.ARN, err)
 	}
 	return nil

@@ -201,10 +201,28 @@ func (s *Store) Renew(ctx context.Context, l *Lease, ttl time.Duration) error {
 // ours. Call it first in every page transaction.
 func (s *Store) Fence(ctx context.Context, tx pgx.Tx, l *Lease) error {
 	var one int
-	err := tx.QueryRow(ctx, fmt.Sprintf(`
+	return fenceResult(l, tx.QueryRow(ctx, s.fenceSQL(), l.RunID, l.Pass, l.Range, l.Token).Scan(&one))
+}
+
+// QueueFence is Fence as the first statement of a batch that tx sends at
+// once (pgx pipelines it with what follows): the batch's Close returns its
+// error, ErrFenced included, and the transaction must then roll back,
+// whatever the later statements did.
+func (s *Store) QueueFence(b *pgx.Batch, l *Lease) {
+	b.Queue(s.fenceSQL(), l.RunID, l.Pass, l.Range, l.Token).QueryRow(func(row pgx.Row) error {
+		var one int
+		return fenceResult(l, row.Scan(&one))
+	})
+}
+
+func (s *Store) fenceSQL() string {
+	return fmt.Sprintf(`
 		SELECT 1 FROM %s.ranges
 		WHERE run_id = $1 AND pass = $2 AND range_no = $3 AND lease_token = $4 AND state = 'running'
-		FOR UPDATE`, s.schema), l.RunID, l.Pass, l.Range, l.Token).Scan(&one)
+		FOR UPDATE`, s.schema)
+}
+
+func fenceResult(l *Lease, err error) error {
 	if errors.Is(err, pgx.ErrNoRows) {
 		return fmt.Errorf("range %d: %w", l.Range, ErrFenced)
 	}

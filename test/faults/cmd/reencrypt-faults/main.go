@@ -8,7 +8,7 @@
 //
 // The points are batch.Hooks: after_kms = AfterRotate (the page's KMS and AES
 // work done, nothing written), before_update = BeforeUpdate (transaction
-// open and fenced), before_commit = BeforeCommit (everything sent but
+// open, nothing sent yet), before_commit = BeforeCommit (everything sent but
 // COMMIT), after_commit = AfterCommit (COMMIT acknowledged, not yet noted).
 // At the chosen hit the process sends itself SIGKILL, the signal a node or
 // the OOM killer would send: no deferred function, no rollback, no log line.
