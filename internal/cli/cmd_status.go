@@ -256,7 +256,7 @@ func scanUnderOld(ctx context.Context, a *app, t *tokentable.Table, runs []check
 	}
 	counter := census.NewCounter("", tracked...)
 	start, lastLog := time.Now(), time.Now()
-	err := tokentable.Walk(ctx, a.pool, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
+	err := tokentable.Walk(ctx, a.pool, t, tokentable.WalkOptions{PageSize: tokentable.DefaultPageSize}, func(page []tokentable.Row) error {
 		kids := counter.Add(page)
 		for j, kid := range kids {
 			for _, i := range byOld[kid] {

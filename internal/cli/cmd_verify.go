@@ -163,7 +163,7 @@ func cmdVerify(ctx context.Context, a *app, o verifyOptions) error {
 	a.log.InfoContext(ctx, "verify starting", "table", t.Qualified(), "old_key_arn", v.old.ARN, "new_key_arn", v.new.ARN, "sample", o.sample)
 
 	lastLog := time.Now()
-	err = tokentable.Walk(ctx, v.db, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
+	err = tokentable.Walk(ctx, v.db, t, tokentable.WalkOptions{PageSize: tokentable.DefaultPageSize}, func(page []tokentable.Row) error {
 		if err := v.page(ctx, page, o.sample == 0); err != nil {
 			return err
 		}

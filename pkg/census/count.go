@@ -138,7 +138,7 @@ func (c *Counter) Census() Census {
 func Count(ctx context.Context, db tokentable.Querier, t *tokentable.Table, b tokentable.Bounds, pageSize int, focus string, tracked []string,
 	progress func(Census)) (Census, error) {
 	c := NewCounter(focus, tracked...)
-	err := tokentable.Walk(ctx, db, t, b, pageSize, func(page []tokentable.Row) error {
+	err := tokentable.Walk(ctx, db, t, tokentable.WalkOptions{Bounds: b, PageSize: pageSize}, func(page []tokentable.Row) error {
 		c.Add(page)
 		if progress != nil {
 			progress(c.c)
@@ -156,7 +156,7 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // writer recorded) is resolved with keyOf; nil compares kids as they are.
 func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf) (int64, error) {
 	var n int64
-	err := tokentable.Walk(ctx, db, t, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
+	err := tokentable.Walk(ctx, db, t, tokentable.WalkOptions{}, func(page []tokentable.Row) error {
 		for _, r := range page {
 			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {

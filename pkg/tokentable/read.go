@@ -20,7 +20,7 @@ type Bounds struct {
 	Lower, Upper *string
 }
 
-// DefaultPageSize is the page size of a Walk given 0.
+// DefaultPageSize is the page size of a Walk given none.
 const DefaultPageSize = 5000
 
 // ReadPage reads the rows of t whose id is in b, in id order, at most limit
@@ -59,11 +59,19 @@ func CollectRows(rs pgx.Rows, capacity int) ([]Row, error) {
 	return out, rs.Err()
 }
 
-// Walk calls fn with every row of t whose id is in b, in id order, one page
-// of at most pageSize rows at a time. fn may keep the rows it is given (each
-// page is freshly allocated). An error from fn stops the walk and is
-// returned as is.
-func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn func(page []Row) error) error {
+// WalkOptions is what a Walk reads: the zero value reads the whole table
+// in pages of DefaultPageSize rows.
+type WalkOptions struct {
+	Bounds   Bounds // the slice of the keyspace read; open ends when nil
+	PageSize int    // rows per page; DefaultPageSize when 0
+}
+
+// Walk calls fn with every row of t whose id is in o.Bounds, in id order,
+// one page of at most o.PageSize rows at a time. fn may keep the rows it is
+// given (each page is freshly allocated). An error from fn stops the walk
+// and is returned as is.
+func Walk(ctx context.Context, db Querier, t *Table, o WalkOptions, fn func(page []Row) error) error {
+	b, pageSize := o.Bounds, o.PageSize
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}

@@ -46,7 +46,7 @@ func TestWalkOrderAndBounds(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			next, pages := c.first, 0
-			err := tokentable.Walk(ctx, e.DB, tbl, c.b, c.pageSize, func(page []tokentable.Row) error {
+			err := tokentable.Walk(ctx, e.DB, tbl, tokentable.WalkOptions{Bounds: c.b, PageSize: c.pageSize}, func(page []tokentable.Row) error {
 				pages++
 				for _, r := range page {
 					if r.ID != strconv.Itoa(next) {
