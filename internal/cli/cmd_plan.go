@@ -153,13 +153,13 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 
 	start := time.Now()
 	lastLog := start
-	c, err := census.Count(ctx, db, t, tokentable.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
-		func(c census.Census) {
+	c, err := census.Count(ctx, db, t, census.CountOptions{PageSize: cfg.BatchSize, Focus: checked.Old.ARN, Tracked: []string{checked.New.ARN},
+		Progress: func(c census.Census) {
 			if time.Since(lastLog) >= progressEvery {
 				lastLog = time.Now()
 				a.log.InfoContext(ctx, "plan: counting", "rows", c.Rows, "seconds", int(time.Since(start).Seconds()))
 			}
-		})
+		}})
 	if err != nil {
 		return tempErr(fmt.Errorf("plan: count rows: %w", err))
 	}
