@@ -227,7 +227,8 @@ func (r *Registry) countTable(ctx context.Context, q checkpoint.DB, arn string, 
 		c.Missing = true
 		return c, nil
 	}
-	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row tokentable.Row) error {
+	spec := tokentable.Spec{Schema: k.Schema, Name: k.Table, IDColumn: k.IDColumn, TokenColumn: k.TokenColumn}
+	err = census.Scan(ctx, q, spec, func(row tokentable.Row) error {
 		c.Scanned++
 		held := quarantined[row.ID]
 		env, _ := tokentable.ParseToken(row.Token)
