@@ -192,7 +192,8 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	log := e.log.With("run_id", run.ID, "pass", run.Pass)
 	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
 		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)
-	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass, "build": e.store.Build()})
+	_ = e.store.Event(ctx, e.db, checkpoint.Event{Run: run, Name: "process_started", Owner: e.cfg.Owner,
+		Details: map[string]any{"new_pass": run.NewPass, "build": e.store.Build()}})
 
 	err = e.workRanges(ctx, log)
 
@@ -222,11 +223,11 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	if err != nil {
 		outcome = "stopped"
 	}
-	_ = e.store.Event(endCtx, e.db, run, "process_"+outcome, e.cfg.Owner, map[string]any{
+	_ = e.store.Event(endCtx, e.db, checkpoint.Event{Run: run, Name: "process_" + outcome, Owner: e.cfg.Owner, Details: map[string]any{
 		"rotated": sum.Process.Rotated, "skipped": sum.Process.Skipped, "other_key": sum.Process.OtherKey,
 		"quarantined": sum.Process.Quarantined, "conflicted": sum.Process.Conflicted, "pages": sum.Pages,
 		"error": errString(err),
-	})
+	}})
 	return sum, err
 }
 
