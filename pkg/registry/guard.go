@@ -361,7 +361,7 @@ func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn 
 			return err
 		}
 		var when *time.Time
-		already, when, err = r.scheduleOnce(ctx, tx, api, arn, pendingDays, t)
+		already, when, err = r.scheduleOnce(ctx, tx, deletion{api: api, arn: arn, pendingDays: pendingDays, t: t})
 		if err != nil {
 			return err
 		}
@@ -393,9 +393,20 @@ func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn 
 	return k, already, err
 }
 
+// deletion is ScheduleDeletion's request: the key arn, deleted through api
+// after pendingDays, as long as no row of t (or of the tables the key was
+// recorded for) is under it.
+type deletion struct {
+	api         kmsclient.KMS
+	arn         string
+	pendingDays int
+	t           *tokentable.Table
+}
+
 // scheduleOnce makes the KMS call (unless the key is already pending) and
 // counts again after it, cancelling the deletion if rows appeared.
-func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, api kmsclient.KMS, arn string, pendingDays int, t *tokentable.Table) (already bool, when *time.Time, err error) {
+func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, d deletion) (already bool, when *time.Time, err error) {
+	api, arn, pendingDays, t := d.api, d.arn, d.pendingDays, d.t
 	desc, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(arn)})
 	if err != nil {
 		return false, nil, kmsError("DescribeKey", arn, err)
