@@ -135,7 +135,7 @@ func lockKey(ctx context.Context, tx pgx.Tx, arn string) error {
 
 // lockRow finds the registry row naming arn and locks it FOR UPDATE.
 func (r *Registry) lockRow(ctx context.Context, tx pgx.Tx, cols map[string]string, arn string) (Key, error) {
-	keys, err := r.load(ctx, txDB{tx}, cols, false, "")
+	keys, err := r.load(ctx, txDB{tx}, cols, loading{})
 	if err != nil {
 		return Key{}, err
 	}
@@ -147,7 +147,7 @@ func (r *Registry) lockRow(ctx context.Context, tx pgx.Tx, cols map[string]strin
 		return k, fmt.Errorf("lock %s row of %s: %w", r.Qualified(), arn, err)
 	}
 	// Re-read under the lock: the status may have changed meanwhile.
-	keys, err = r.load(ctx, txDB{tx}, cols, false, "WHERE key_id = $1", k.KeyID)
+	keys, err = r.load(ctx, txDB{tx}, cols, loading{where: "WHERE key_id = $1", args: []any{k.KeyID}})
 	if err != nil || len(keys) == 0 {
 		return Key{}, err
 	}
