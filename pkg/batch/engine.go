@@ -129,16 +129,26 @@ type Engine struct {
 	pages int64
 }
 
-// New checks cfg and returns an engine. m may be nil.
-func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log *slog.Logger, m *metrics.Metrics) (*Engine, error) {
+// Deps are what an engine works with, as opposed to Config, what it does.
+type Deps struct {
+	DB      DB
+	Store   *checkpoint.Store
+	KMS     *kmsclient.Client
+	Log     *slog.Logger
+	Metrics *metrics.Metrics // may be nil
+}
+
+// New checks cfg and returns an engine.
+func New(cfg Config, d Deps) (*Engine, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	m := d.Metrics
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table),
+	return &Engine{cfg: cfg, db: d.DB, store: d.Store, kms: d.KMS, kids: kmsclient.NewKidResolver(d.KMS.API()), log: d.Log, metrics: m, sql: newStatements(cfg.Table),
 		jitter: rand.Int64N}, nil
 }
 

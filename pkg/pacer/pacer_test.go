@@ -166,7 +166,7 @@ func startPod(t *testing.T, ctx context.Context, e *fixture.Env, owner string, w
 		pacer.Deps{DB: db, Store: store, Budget: budget, Log: logger(t)})}
 	eng, err := batch.New(batch.Config{Table: table, Old: e.Old, New: e.New, BatchSize: 100, Workers: 8,
 		RangeWorkers: 2, LeaseTTL: 5 * time.Second, StopGrace: time.Second, Owner: owner, Pacer: pd.pacer},
-		db, store, kc, logger(t), nil)
+		batch.Deps{DB: db, Store: store, KMS: kc, Log: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
