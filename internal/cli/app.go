@@ -503,19 +503,24 @@ func (a *app) close() {
 	}
 }
 
-// fieldVariables is the variable a user sets for each of the engine's
-// fields (batch.FieldError).
+// fieldVariables is the variable a user sets for each of the engine's and
+// the table's fields (batch.FieldError, tokentable.FieldError: one type).
 var fieldVariables = map[batch.Field]string{
-	batch.FieldDatabase:     "DATABASE_URL",
-	batch.FieldOldKey:       "OLD_KEY_ID",
-	batch.FieldNewKey:       "NEW_KEY_ID",
-	batch.FieldNamespace:    "NAMESPACE",
-	batch.FieldMode:         "MODE",
-	batch.FieldBatchSize:    "BATCH_SIZE",
-	batch.FieldWorkers:      "KMS_CONCURRENCY",
-	batch.FieldRangeWorkers: "RANGE_WORKERS",
-	batch.FieldRanges:       "RANGES",
-	batch.FieldLeaseTTL:     "LEASE_TTL",
+	batch.FieldDatabase:         "DATABASE_URL",
+	tokentable.FieldTableSchema: "TABLE_SCHEMA",
+	tokentable.FieldTable:       "TABLE",
+	tokentable.FieldIDColumn:    "ID_COLUMN",
+	tokentable.FieldTokenColumn: "TOKEN_COLUMN",
+	tokentable.FieldAuditTable:  "AUDIT_TABLE",
+	batch.FieldOldKey:           "OLD_KEY_ID",
+	batch.FieldNewKey:           "NEW_KEY_ID",
+	batch.FieldNamespace:        "NAMESPACE",
+	batch.FieldMode:             "MODE",
+	batch.FieldBatchSize:        "BATCH_SIZE",
+	batch.FieldWorkers:          "KMS_CONCURRENCY",
+	batch.FieldRangeWorkers:     "RANGE_WORKERS",
+	batch.FieldRanges:           "RANGES",
+	batch.FieldLeaseTTL:         "LEASE_TTL",
 }
 
 // nameFields rewrites the message of an error that holds a

@@ -147,6 +147,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	if err != nil && !(errors.As(err, &nullable) && checked != nil) {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)
 	}
+	refusal := err // nil, or the NULL-able id column's FieldError
 	t := checked.Table
 	a.log.InfoContext(ctx, "plan: preflight passed, counting rows", "table", t.Qualified(),
 		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN)
@@ -191,7 +192,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.Unreadable = nil
 	}
 	if nullable != nil {
-		if err := r.addUnreachable(ctx, a, checked, nullable); err != nil {
+		if err := r.addUnreachable(ctx, a, checked, nameFields(refusal)); err != nil {
 			return err
 		}
 	}
@@ -245,7 +246,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.print(a.stdout)
 	}
 	if nullable != nil {
-		return fmt.Errorf("plan: the run would refuse to start: %w", nullable)
+		return fmt.Errorf("plan: the run would refuse to start: %w", refusal)
 	}
 	return nil
 }

@@ -65,7 +65,7 @@ type Field = tokentable.Field
 
 // The fields Preflight and Config.Validate name.
 const (
-	FieldDatabase     Field = "database"
+	FieldDatabase           = tokentable.FieldDatabase
 	FieldOldKey       Field = "old key"
 	FieldNewKey       Field = "new key"
 	FieldNamespace    Field = "namespace"
@@ -77,10 +77,11 @@ const (
 	FieldLeaseTTL     Field = "lease ttl"
 )
 
-// Fields lists every Field, for a command that maps them all.
+// Fields lists every Field, Inspect's (tokentable.Fields) included, for a
+// command that maps them all.
 func Fields() []Field {
-	return []Field{FieldDatabase, FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
-		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL}
+	return append(tokentable.Fields(), FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
+		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL)
 }
 
 // FieldError is a failure that settings explain (tokentable.FieldError):

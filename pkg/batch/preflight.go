@@ -63,6 +63,7 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, o PreflightOpti
 	if err != nil && !errors.As(err, &nullable) {
 		return nil, err
 	}
+	nullableErr := err // nil, or the NULL-able id column's refusal, naming its field
 	c := &Checked{Table: t}
 	if c.Old, err = resolve(ctx, kc, oldRef); err != nil {
 		return nil, fieldError(err, FieldOldKey)
@@ -91,7 +92,7 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, o PreflightOpti
 		return nil, err
 	}
 	if nullable != nil {
-		return c, nullable // every other check passed: plan may still count the table
+		return c, nullableErr // every other check passed: plan may still count the table
 	}
 	return c, nil
 }

@@ -8,6 +8,21 @@ import "strings"
 // the table's refusals and the engine's are mapped by one table.
 type Field string
 
+// The fields Inspect names.
+const (
+	FieldDatabase    Field = "database"
+	FieldTableSchema Field = "table schema"
+	FieldTable       Field = "table"
+	FieldIDColumn    Field = "id column"
+	FieldTokenColumn Field = "token column"
+	FieldAuditTable  Field = "audit table"
+)
+
+// Fields lists every Field Inspect names, for a command that maps them all.
+func Fields() []Field {
+	return []Field{FieldDatabase, FieldTableSchema, FieldTable, FieldIDColumn, FieldTokenColumn, FieldAuditTable}
+}
+
 // FieldError is a failure that settings explain: a value refused, or a
 // check that failed with it. Fields says which settings to look at; Err is
 // the failure, and its class (ErrConfig, batch.ErrTransient,
@@ -30,3 +45,6 @@ func (e *FieldError) Named(name func(Field) string) string {
 	}
 	return strings.Join(names, ", ") + ": " + e.Err.Error()
 }
+
+// fieldError is err explained by fields.
+func fieldError(err error, fields ...Field) error { return &FieldError{Fields: fields, Err: err} }
