@@ -502,8 +502,10 @@ func retryDelay(attempt int, n func(int64) int64) time.Duration {
 }
 
 // maxDeadConns bounds the immediate retries of one call on killed pooled
-// connections: more than a pool holds at the default RangeWorkers (PoolConns).
-const maxDeadConns = 16
+// connections: as many as the largest pool a run opens holds
+// (PoolConns(MaxRangeWorkers)), so that a failover that killed them all
+// costs no backoff and no try at any RangeWorkers.
+const maxDeadConns = MaxRangeWorkers + PoolSpareConns
 
 // connKilled reports an error of a connection the server terminated
 // (SQLSTATE 57P01 admin_shutdown, 57P02 crash_shutdown). A server that is
