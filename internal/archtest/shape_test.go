@@ -1,6 +1,7 @@
 package archtest
 
 import (
+	"cmp"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -39,9 +40,10 @@ var notProduction = []string{
 	"internal/tools",
 }
 
-// TestParameterLists fails naming each production function or method
-// (function literals included) with more than maxParams parameters or more
-// than maxBools bool parameters. Each name counts; receivers do not.
+// TestParameterLists fails naming each production function or method with
+// more than maxParams parameters or more than maxBools bool parameters.
+// Each name counts; receivers do not. Function literals, interface methods
+// and function types are held to the same limits.
 func TestParameterLists(t *testing.T) {
 	fset := token.NewFileSet()
 	for _, file := range productionFiles(t) {
@@ -49,23 +51,35 @@ func TestParameterLists(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		names := map[*ast.FuncType]string{}
 		ast.Inspect(f, func(n ast.Node) bool {
-			var (
-				name string
-				typ  *ast.FuncType
-			)
-			switch fn := n.(type) {
+			switch n := n.(type) {
 			case *ast.FuncDecl:
-				name, typ = funcName(fn), fn.Type
+				names[n.Type] = funcName(n)
 			case *ast.FuncLit:
-				name, typ = "func literal", fn.Type
-			default:
+				names[n.Type] = "func literal"
+			case *ast.TypeSpec:
+				if ft, ok := n.Type.(*ast.FuncType); ok {
+					names[ft] = "func type " + n.Name.Name
+				}
+			case *ast.InterfaceType:
+				for _, m := range n.Methods.List {
+					if ft, ok := m.Type.(*ast.FuncType); ok && len(m.Names) > 0 {
+						names[ft] = "interface method " + m.Names[0].Name
+					}
+				}
+			}
+			return true
+		})
+		ast.Inspect(f, func(n ast.Node) bool {
+			typ, ok := n.(*ast.FuncType)
+			if !ok {
 				return true
 			}
 			params, bools := countParams(typ)
 			if params > maxParams || bools > maxBools {
 				t.Errorf("%s: %s takes %d parameters, %d of them bool (at most %d, and %d bools): use an options struct",
-					fset.Position(typ.Pos()), name, params, bools, maxParams, maxBools)
+					fset.Position(typ.Pos()), cmp.Or(names[typ], "func type"), params, bools, maxParams, maxBools)
 			}
 			return true
 		})
