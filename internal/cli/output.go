@@ -7,7 +7,6 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -109,19 +108,11 @@ func (a *app) resolveKey(ctx context.Context, name, ref string) (kmsclient.Key, 
 	if err != nil {
 		return kmsclient.Key{}, err
 	}
-	k, err := kmsclient.Resolve(ctx, api, ref)
+	k, err := kmsclient.ResolveKey(ctx, api, ref) // classifies: key (77) or transient (75)
 	if err != nil {
-		err = fmt.Errorf("%s %q: %w", name, ref, err)
-		if isKeyError(err) {
-			return k, err
-		}
-		return k, tempErr(err)
+		return k, fmt.Errorf("%s %q: %w", name, ref, err)
 	}
 	return k, nil
-}
-
-func isKeyError(err error) bool {
-	return err != nil && (errors.Is(err, kmsclient.ErrKeyUnusable) || errors.Is(err, batch.ErrConfig))
 }
 
 // tempErr marks an environment failure worth a retry (batch.Transient,
