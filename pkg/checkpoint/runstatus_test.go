@@ -7,7 +7,6 @@ import (
 	"github.com/reencrypt/reencrypt/pkg/checkpoint"
 )
 
-
 // TestRangeShare: the share of a range behind its cursor, over 128 bits for
 // uuids and between the bounds for integers; unknown for an open integer
 // bound.
