@@ -10,10 +10,9 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/reencrypt/reencrypt/internal/textfmt"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
@@ -27,24 +26,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // num formats an integer with thousands separators: 1234567 → "1,234,567".
-func num(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	if neg {
-		s = s[1:]
-	}
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
+func num(n int64) string { return textfmt.Num(n) }
 
 // human formats a duration for an operator: "45s", "12m30s", "3h05m", "2d04h".
 // A negative, infinite or NaN duration is "-".
