@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/reencrypt/reencrypt/internal/textfmt"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
@@ -444,25 +443,10 @@ func (r *planReport) print(w io.Writer) {
 	fmt.Fprintf(w, "\ncounted in %s; nothing was written.\n", human(seconds(r.ScanSeconds)))
 }
 
-func classes(m map[string]int64) string {
-	if len(m) == 0 {
-		return ""
-	}
-	parts := make([]string, 0, len(m))
-	for _, k := range sortedKeys(m) {
-		parts = append(parts, fmt.Sprintf("%s %s", k, num(m[k])))
-	}
-	return strings.Join(parts, ", ")
-}
+// classes lists counts by class: "auth_failed 2, null_token 1".
+func classes(m map[string]int64) string { return textfmt.Classes(m) }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedKeys[V any](m map[string]V) []string { return textfmt.SortedKeys(m) }
 
 func trimFloat(f float64) string {
 	if f == math.Trunc(f) {
