@@ -54,11 +54,12 @@ soak: ## the long fault scenarios (test/faults, SOAK=1: up to 2 h), then their f
 demo: ## the main job on a local default: throwaway Postgres + local-kms, 100,000 tokens rotated and verified
 	$(GO) run ./demo
 
-lint: ## gofmt, go vet and staticcheck (pinned in tools/go.mod)
+lint: ## gofmt, go vet, staticcheck and golangci-lint (.golangci.yaml; both pinned in tools/go.mod)
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
 	@# staticcheck is a tool of the tools module; built there, run here on this module.
 	"$$($(GO) -C tools tool -n honnef.co/go/tools/cmd/staticcheck)" $(PKGS)
+	"$$($(GO) -C tools tool -n github.com/golangci/golangci-lint/v2/cmd/golangci-lint)" run $(PKGS)
 
 tidy-check: ## fail when go mod tidy would change go.mod/go.sum (this module and tools/)
 	$(GO) mod tidy -diff

@@ -313,7 +313,7 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 		BatchSize: cfg.BatchSize, Workers: max(workers, 1), RangeWorkers: cfg.RangeWorkers,
 		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout,
 		StopGrace: cfg.StopGrace, Owner: fmt.Sprintf("%s/%d/bench", host, os.Getpid()),
-	}, pool, store, kc, log, nil)
+	}, batch.Deps{DB: pool, Store: store, KMS: kc, Log: log})
 	if err != nil {
 		return nil, err
 	}

@@ -234,7 +234,7 @@ func redactURL(s string) string {
 func (b *bench) makeKeys(ctx context.Context) error {
 	names := []string{"OLD", "NEW", "NEW2"}
 	for i := range b.keys {
-		ref := ""
+		var ref string
 		if b.o.keys != nil {
 			ref = strings.TrimSpace(b.o.keys[i])
 		} else {

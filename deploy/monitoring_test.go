@@ -646,7 +646,7 @@ func TestMetricCheckCatchesRenames(t *testing.T) {
 		{`rate(reencrypt_row_total[5m])`, false},                   // renamed
 		{`reencrypt_rows_total{result="ok"}`, false},               // a label it lacks
 		{`reencrypt_rows_total{outcome="rotatd"}`, false},          // a value it never has
-		{`reencrypt_rows_total{outcome=~"rotated|skiped"}`, false}, // one alternative wrong
+		{`reencrypt_rows_total{outcome=~"rotated|skiped"}`, false}, //nolint:misspell // one alternative wrong, on purpose
 		{`reencrypt_kms_request_duration_seconds`, false},          // bare histogram name
 		{`reencrypt_kms_request_duration_seconds_bucket{operation="decrypt"}`, false},
 		{`{__name__=~"reencrypt_.*"}`, false}, // no name to check

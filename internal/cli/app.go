@@ -102,7 +102,7 @@ type app struct {
 
 // run is main without the process: tests call it directly.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer, environ map[string]string) int {
-	return runWith(ctx, args, stdout, stderr, environ, Options{})
+	return runWith(&invocation{ctx: ctx, stdout: stdout, stderr: stderr, environ: environ}, args)
 }
 
 // invocation is one execution of the command line: what the commands'
@@ -115,7 +115,7 @@ type invocation struct {
 	code           int
 }
 
-// runWith is run with a main's options.
+// runWith runs the command line for inv, with a main's options (inv.opts).
 //
 // The command line is cobra's (help on stdout, usage errors, per-command
 // flags, completion scripts for bash, zsh and fish); the configuration is
@@ -127,8 +127,8 @@ type invocation struct {
 // caarlos0/env (which stays) and it ships no zsh or fish completion;
 // today's stdlib flag mirroring gave none of help on stdout, usage errors
 // apart from configuration errors, or completion.
-func runWith(ctx context.Context, args []string, stdout, stderr io.Writer, environ map[string]string, o Options) int {
-	inv := &invocation{ctx: ctx, stdout: stdout, stderr: stderr, environ: environ, opts: o}
+func runWith(inv *invocation, args []string) int {
+	stderr := inv.stderr
 	root := inv.tree()
 	root.SetArgs(singleDashCompat(root, args))
 	cmd, err := root.ExecuteC()
@@ -503,19 +503,24 @@ func (a *app) close() {
 	}
 }
 
-// fieldVariables is the variable a user sets for each of the engine's
-// fields (batch.FieldError).
+// fieldVariables is the variable a user sets for each of the engine's and
+// the table's fields (batch.FieldError, tokentable.FieldError: one type).
 var fieldVariables = map[batch.Field]string{
-	batch.FieldDatabase:     "DATABASE_URL",
-	batch.FieldOldKey:       "OLD_KEY_ID",
-	batch.FieldNewKey:       "NEW_KEY_ID",
-	batch.FieldNamespace:    "NAMESPACE",
-	batch.FieldMode:         "MODE",
-	batch.FieldBatchSize:    "BATCH_SIZE",
-	batch.FieldWorkers:      "KMS_CONCURRENCY",
-	batch.FieldRangeWorkers: "RANGE_WORKERS",
-	batch.FieldRanges:       "RANGES",
-	batch.FieldLeaseTTL:     "LEASE_TTL",
+	batch.FieldDatabase:         "DATABASE_URL",
+	tokentable.FieldTableSchema: "TABLE_SCHEMA",
+	tokentable.FieldTable:       "TABLE",
+	tokentable.FieldIDColumn:    "ID_COLUMN",
+	tokentable.FieldTokenColumn: "TOKEN_COLUMN",
+	tokentable.FieldAuditTable:  "AUDIT_TABLE",
+	batch.FieldOldKey:           "OLD_KEY_ID",
+	batch.FieldNewKey:           "NEW_KEY_ID",
+	batch.FieldNamespace:        "NAMESPACE",
+	batch.FieldMode:             "MODE",
+	batch.FieldBatchSize:        "BATCH_SIZE",
+	batch.FieldWorkers:          "KMS_CONCURRENCY",
+	batch.FieldRangeWorkers:     "RANGE_WORKERS",
+	batch.FieldRanges:           "RANGES",
+	batch.FieldLeaseTTL:         "LEASE_TTL",
 }
 
 // nameFields rewrites the message of an error that holds a

@@ -28,7 +28,7 @@ func Main(o Options) int {
 	defer stop()
 	env := environ()
 	tuneGC(env)
-	return runWith(ctx, os.Args[1:], os.Stdout, os.Stderr, env, o)
+	return runWith(&invocation{ctx: ctx, stdout: os.Stdout, stderr: os.Stderr, environ: env, opts: o}, os.Args[1:])
 }
 
 func environ() map[string]string {

@@ -6,13 +6,12 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"sort"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/pflag"
 
+	"github.com/reencrypt/reencrypt/internal/textfmt"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
@@ -147,19 +146,20 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 	if err != nil && !(errors.As(err, &nullable) && checked != nil) {
 		return fmt.Errorf("plan: the run would refuse to start: %w", err)
 	}
+	refusal := err // nil, or the NULL-able id column's FieldError
 	t := checked.Table
 	a.log.InfoContext(ctx, "plan: preflight passed, counting rows", "table", t.Qualified(),
 		"old_key_arn", checked.Old.ARN, "new_key_arn", checked.New.ARN)
 
 	start := time.Now()
 	lastLog := start
-	c, err := census.Count(ctx, db, t, tokentable.Bounds{}, cfg.BatchSize, checked.Old.ARN, []string{checked.New.ARN},
-		func(c census.Census) {
+	c, err := census.Count(ctx, db, t, census.CountOptions{PageSize: cfg.BatchSize, Focus: checked.Old.ARN, Tracked: []string{checked.New.ARN},
+		Progress: func(c census.Census) {
 			if time.Since(lastLog) >= progressEvery {
 				lastLog = time.Now()
 				a.log.InfoContext(ctx, "plan: counting", "rows", c.Rows, "seconds", int(time.Since(start).Seconds()))
 			}
-		})
+		}})
 	if err != nil {
 		return tempErr(fmt.Errorf("plan: count rows: %w", err))
 	}
@@ -191,7 +191,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.Unreadable = nil
 	}
 	if nullable != nil {
-		if err := r.addUnreachable(ctx, a, checked, nullable); err != nil {
+		if err := r.addUnreachable(ctx, a, checked, nameFields(refusal)); err != nil {
 			return err
 		}
 	}
@@ -245,7 +245,7 @@ func cmdPlan(ctx context.Context, a *app, asJSON bool) error {
 		r.print(a.stdout)
 	}
 	if nullable != nil {
-		return fmt.Errorf("plan: the run would refuse to start: %w", nullable)
+		return fmt.Errorf("plan: the run would refuse to start: %w", refusal)
 	}
 	return nil
 }
@@ -443,25 +443,10 @@ func (r *planReport) print(w io.Writer) {
 	fmt.Fprintf(w, "\ncounted in %s; nothing was written.\n", human(seconds(r.ScanSeconds)))
 }
 
-func classes(m map[string]int64) string {
-	if len(m) == 0 {
-		return ""
-	}
-	parts := make([]string, 0, len(m))
-	for _, k := range sortedKeys(m) {
-		parts = append(parts, fmt.Sprintf("%s %s", k, num(m[k])))
-	}
-	return strings.Join(parts, ", ")
-}
+// classes lists counts by class: "auth_failed 2, null_token 1".
+func classes(m map[string]int64) string { return textfmt.Classes(m) }
 
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
-}
+func sortedKeys[V any](m map[string]V) []string { return textfmt.SortedKeys(m) }
 
 func trimFloat(f float64) string {
 	if f == math.Trunc(f) {

@@ -275,6 +275,12 @@ func TestPlanRefusals(t *testing.T) {
 		{"same key twice", []string{"NEW_KEY_ID=" + o.Old.ARN}, exitConfig, "same KMS key"},
 		{"disabled new key", []string{"NEW_KEY_ID=" + disabled.Ref}, exitKeyUnusable, "NEW_KEY_ID"},
 		{"unknown table", []string{"TABLE=nope"}, exitConfig, "does not exist"},
+		// The table's refusals name the variables to check, as the
+		// engine's do (tokentable names fields, the command variables).
+		{"unknown table's variables", []string{"TABLE=nope"}, exitConfig,
+			"TABLE_SCHEMA, TABLE, AUDIT_TABLE, DATABASE_URL: table public.nope does not exist"},
+		{"unknown token column", []string{"TOKEN_COLUMN=nope"}, exitConfig, "TOKEN_COLUMN: table public.payment_methods has no column"},
+		{"unknown id column", []string{"ID_COLUMN=nope"}, exitConfig, "ID_COLUMN: table public.payment_methods has no column"},
 		{"no keys", []string{"OLD_KEY_ID=", "NEW_KEY_ID="}, exitConfig, "required"},
 	}
 	for _, c := range cases {

@@ -83,7 +83,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 		BatchSize: cfg.BatchSize, Workers: workers, RangeWorkers: cfg.RangeWorkers,
 		Ranges: cfg.RangeCount(), LeaseTTL: cfg.LeaseTTL, PageTimeout: cfg.PageTimeout, LockTimeout: cfg.LockTimeout,
 		StopGrace: cfg.StopGrace, Owner: a.owner(), Hooks: a.hooks, Pacer: pace,
-	}, db, store, kc, a.log, a.metrics)
+	}, batch.Deps{DB: db, Store: store, KMS: kc, Log: a.log, Metrics: a.metrics})
 	if err != nil {
 		return err
 	}

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"math/big"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -50,95 +49,15 @@ type statusReport struct {
 	Pace *paceStatus `json:"pace,omitempty"`
 }
 
+// The report of one run is checkpoint's arithmetic; this command prints it.
+type (
+	runStatus = checkpoint.RunStatus
+	rowCounts = checkpoint.RowCounts
+)
+
 type paceStatus struct {
 	Controls checkpoint.Controls      `json:"controls"`
 	Pods     []checkpoint.PacerReport `json:"pods"`
-}
-
-type rowCounts struct {
-	Read        int64 `json:"read"`
-	Rotated     int64 `json:"rotated"`
-	Skipped     int64 `json:"skipped"`
-	OtherKey    int64 `json:"other_key"`
-	Quarantined int64 `json:"quarantined"`
-	Conflicted  int64 `json:"conflicted"`
-}
-
-func countsOf(c checkpoint.Counts) rowCounts {
-	return rowCounts{Read: c.Rows(), Rotated: c.Rotated, Skipped: c.Skipped, OtherKey: c.OtherKey,
-		Quarantined: c.Quarantined, Conflicted: c.Conflicted}
-}
-
-type runStatus struct {
-	RunID          string     `json:"run_id"`
-	OldKeyARN      string     `json:"old_key_arn"`
-	NewKeyARN      string     `json:"new_key_arn"`
-	Mode           string     `json:"mode"`
-	Namespace      string     `json:"namespace"`
-	Pass           int        `json:"pass"`
-	State          string     `json:"state"` // running | stopped | done
-	PassStartedAt  *time.Time `json:"pass_started_at"`
-	PassFinishedAt *time.Time `json:"pass_finished_at,omitempty"`
-	ElapsedSeconds float64    `json:"elapsed_seconds"`
-
-	Ranges struct {
-		Total      int `json:"total"`
-		Done       int `json:"done"`
-		Running    int `json:"running"`
-		Stale      int `json:"stale"` // running, but the lease expired: its owner is gone
-		Pending    int `json:"pending"`
-		Paused     int `json:"paused"` // pending, part done (released on shutdown)
-		LiveLeases int `json:"live_leases"`
-	} `json:"ranges"`
-	Rows rowCounts `json:"rows"` // this pass
-	// RunTotal is the run's rows over all its passes: after a rerun, the
-	// pass alone shows mostly rows skipped (already under NEW).
-	RunTotal rowCounts `json:"run_total"`
-	// RowsPerSecond is rows read in the pass per second of the pass.
-	RowsPerSecond float64 `json:"rows_per_second"`
-	// KeyspaceDone is the share of the keyspace behind the ranges' cursors.
-	KeyspaceDone float64  `json:"keyspace_done"`
-	ETASeconds   *float64 `json:"eta_seconds,omitempty"` // only while running
-	// UnderOld counts rows still under OLD now (nil with --no-scan);
-	// UnderOldBehind those in ranges the pass already finished, which only
-	// a rerun (the next pass) takes.
-	UnderOld       *int64 `json:"under_old,omitempty"`
-	UnderOldBehind *int64 `json:"under_old_in_finished_ranges,omitempty"`
-
-	Quarantine struct {
-		Total   int64             `json:"total"`   // ever, in any pass of the run
-		Current int64             `json:"current"` // seen again in this pass
-		ByClass map[string]int64  `json:"by_class"`
-		Rows    []quarantineEntry `json:"rows"`
-	} `json:"quarantine"`
-	Hint string `json:"hint,omitempty"`
-
-	RangeDetail []rangeStatus `json:"range_detail"`
-}
-
-type quarantineEntry struct {
-	RowID    string    `json:"row_id"`
-	Class    string    `json:"error_class"`
-	LastSeen time.Time `json:"last_seen"`
-}
-
-type rangeStatus struct {
-	Range          int        `json:"range"`
-	State          string     `json:"state"` // pending | paused | running | stale | done
-	Owner          string     `json:"owner,omitempty"`
-	Lower          *string    `json:"lower,omitempty"`
-	Upper          *string    `json:"upper,omitempty"`
-	Cursor         *string    `json:"cursor,omitempty"`
-	LeaseExpiresAt *time.Time `json:"lease_expires_at,omitempty"`
-	Claims         int        `json:"claims"`
-	Pages          int64      `json:"pages"`
-	Rows           rowCounts  `json:"rows"`
-	UnderOld       *int64     `json:"under_old,omitempty"`
-	Done           *float64   `json:"done,omitempty"` // share of the range behind the cursor
-	RowsPerSecond  float64    `json:"rows_per_second"`
-	ETASeconds     *float64   `json:"eta_seconds,omitempty"`
-	StartedAt      *time.Time `json:"started_at,omitempty"`
-	FinishedAt     *time.Time `json:"finished_at,omitempty"`
 }
 
 // cmdStatus reports every run recorded for the configured table. It needs
@@ -204,23 +123,23 @@ func cmdStatus(ctx context.Context, a *app, o statusOptions) error {
 		rep.Rows, underOld = &c, per
 	}
 	for i, r := range runs {
-		rs := buildRunStatus(t.IDType, r, ranges[i], rep.Now)
+		rs := checkpoint.BuildRunStatus(t.IDType, r, ranges[i], rep.Now)
 		if underOld != nil {
-			addUnderOld(&rs, underOld[i])
+			rs.AddUnderOld(underOld[i])
 		}
 		total, err := store.RunTotals(ctx, r.ID)
 		if err != nil {
 			return tempErr(err)
 		}
-		rs.RunTotal = countsOf(total)
+		rs.RunTotal = checkpoint.RowCountsOf(total)
 		q, err := store.QuarantineSummary(ctx, r.ID, r.Pass, o.quarantine)
 		if err != nil {
 			return tempErr(err)
 		}
 		rs.Quarantine.Total, rs.Quarantine.Current, rs.Quarantine.ByClass = q.Total, q.Current, q.ByClass
-		rs.Quarantine.Rows = []quarantineEntry{}
+		rs.Quarantine.Rows = []checkpoint.QuarantineEntry{}
 		for _, qr := range q.Rows {
-			rs.Quarantine.Rows = append(rs.Quarantine.Rows, quarantineEntry{RowID: qr.RowID, Class: qr.Class, LastSeen: qr.LastSeen})
+			rs.Quarantine.Rows = append(rs.Quarantine.Rows, checkpoint.QuarantineEntry{RowID: qr.RowID, Class: qr.Class, LastSeen: qr.LastSeen})
 		}
 		rs.Hint = hintFor(&rs)
 		rep.Runs = append(rep.Runs, rs)
@@ -256,7 +175,7 @@ func scanUnderOld(ctx context.Context, a *app, t *tokentable.Table, runs []check
 	}
 	counter := census.NewCounter("", tracked...)
 	start, lastLog := time.Now(), time.Now()
-	err := tokentable.Walk(ctx, a.pool, t, tokentable.Bounds{}, tokentable.DefaultPageSize, func(page []tokentable.Row) error {
+	err := tokentable.Walk(ctx, a.pool, t, tokentable.WalkOptions{PageSize: tokentable.DefaultPageSize}, func(page []tokentable.Row) error {
 		kids := counter.Add(page)
 		for j, kid := range kids {
 			for _, i := range byOld[kid] {
@@ -275,103 +194,6 @@ func scanUnderOld(ctx context.Context, a *app, t *tokentable.Table, runs []check
 	return counter.Census(), per, nil
 }
 
-func buildRunStatus(idType string, r checkpoint.RunInfo, ranges []checkpoint.RangeInfo, now time.Time) runStatus {
-	rs := runStatus{RunID: r.ID, OldKeyARN: r.OldARN, NewKeyARN: r.NewARN, Mode: r.Mode, Namespace: r.Namespace,
-		Pass: r.Pass, PassStartedAt: r.PassStartedAt, PassFinishedAt: r.PassFinishedAt, RangeDetail: []rangeStatus{}}
-	var total checkpoint.Counts
-	var doneShare float64
-	for _, rg := range ranges {
-		d := rangeStatus{Range: rg.Range, Owner: rg.Owner, Lower: rg.Lower, Upper: rg.Upper, Cursor: rg.Cursor,
-			Claims: rg.Claims, Pages: rg.Pages, Rows: countsOf(rg.Counts), StartedAt: rg.StartedAt, FinishedAt: rg.FinishedAt}
-		total = total.Add(rg.Counts)
-		rs.Ranges.Total++
-		switch {
-		case rg.State == "done":
-			d.State = "done"
-			rs.Ranges.Done++
-		case rg.State == "running" && rg.LeaseLive:
-			d.State = "running"
-			d.LeaseExpiresAt = rg.LeaseExpiresAt
-			rs.Ranges.Running++
-			rs.Ranges.LiveLeases++
-		case rg.State == "running":
-			d.State = "stale"
-			d.LeaseExpiresAt = rg.LeaseExpiresAt
-			rs.Ranges.Stale++
-		case rg.Cursor != nil:
-			d.State = "paused" // released on shutdown, part done
-			rs.Ranges.Pending++
-			rs.Ranges.Paused++
-		default:
-			d.State = "pending"
-			rs.Ranges.Pending++
-		}
-		share := rangeShare(idType, rg)
-		if share != nil {
-			d.Done = share
-			doneShare += *share
-		} else if rg.Cursor != nil {
-			doneShare += 0.5 // an open-ended integer range: progress unknown
-		}
-		if rg.StartedAt != nil {
-			end := now
-			if rg.UpdatedAt != nil && d.State != "running" {
-				end = *rg.UpdatedAt
-			}
-			if secs := end.Sub(*rg.StartedAt).Seconds(); secs > 0 {
-				d.RowsPerSecond = round2(float64(rg.Counts.Rows()) / secs)
-			}
-			if d.State == "running" && share != nil && *share > 0 {
-				eta := round2(now.Sub(*rg.StartedAt).Seconds() * (1 - *share) / *share)
-				d.ETASeconds = &eta
-			}
-		}
-		rs.RangeDetail = append(rs.RangeDetail, d)
-	}
-	rs.Rows = countsOf(total)
-	if rs.Ranges.Total > 0 {
-		rs.KeyspaceDone = round2(doneShare / float64(rs.Ranges.Total))
-	}
-	switch {
-	case r.PassFinishedAt != nil:
-		rs.State = "done"
-	case rs.Ranges.LiveLeases > 0:
-		rs.State = "running"
-	default:
-		rs.State = "stopped" // no process holds a lease: rerun `reencrypt run` to resume
-	}
-	if r.PassStartedAt != nil {
-		end := now
-		if r.PassFinishedAt != nil {
-			end = *r.PassFinishedAt
-		}
-		elapsed := end.Sub(*r.PassStartedAt).Seconds()
-		rs.ElapsedSeconds = round2(elapsed)
-		if elapsed > 0 {
-			rs.RowsPerSecond = round2(float64(total.Rows()) / elapsed)
-		}
-		if rs.State == "running" && rs.KeyspaceDone > 0 {
-			eta := round2(elapsed * (1 - rs.KeyspaceDone) / rs.KeyspaceDone)
-			rs.ETASeconds = &eta
-		}
-	}
-	return rs
-}
-
-func addUnderOld(rs *runStatus, per []int64) {
-	var all, behind int64
-	for i := range rs.RangeDetail {
-		n := per[i]
-		rs.RangeDetail[i].UnderOld = &n
-		all += n
-		if rs.RangeDetail[i].State == "done" {
-			behind += n
-		}
-	}
-	all += per[len(per)-1]
-	rs.UnderOld, rs.UnderOldBehind = &all, &behind
-}
-
 // hintFor says what to do next, in the words of the runbook.
 func hintFor(rs *runStatus) string {
 	switch {
@@ -387,61 +209,6 @@ func hintFor(rs *runStatus) string {
 		return "no row is under OLD: `reencrypt verify` next"
 	}
 	return ""
-}
-
-// rangeShare is the share of a range's keyspace behind its cursor, from the
-// ids' values: uuids over 128 bits, integers between the bounds. nil when it
-// cannot be known (an open integer bound).
-func rangeShare(idType string, rg checkpoint.RangeInfo) *float64 {
-	one, zero := 1.0, 0.0
-	switch {
-	case rg.State == "done":
-		return &one
-	case rg.Cursor == nil:
-		return &zero
-	}
-	var lo, hi, cur *big.Int
-	if idType == "uuid" {
-		lo, hi = big.NewInt(0), new(big.Int).Sub(new(big.Int).Lsh(big.NewInt(1), 128), big.NewInt(1))
-		if rg.Lower != nil {
-			lo = uuidInt(*rg.Lower)
-		}
-		if rg.Upper != nil {
-			hi = uuidInt(*rg.Upper)
-		}
-		cur = uuidInt(*rg.Cursor)
-	} else {
-		if rg.Lower == nil || rg.Upper == nil {
-			return nil
-		}
-		lo, hi, cur = decInt(*rg.Lower), decInt(*rg.Upper), decInt(*rg.Cursor)
-	}
-	if lo == nil || hi == nil || cur == nil {
-		return nil
-	}
-	span := new(big.Int).Sub(hi, lo)
-	if span.Sign() <= 0 {
-		return nil
-	}
-	f, _ := new(big.Rat).SetFrac(new(big.Int).Sub(cur, lo), span).Float64()
-	f = round2(min(max(f, 0), 1))
-	return &f
-}
-
-func uuidInt(s string) *big.Int {
-	v, ok := new(big.Int).SetString(strings.ReplaceAll(s, "-", ""), 16)
-	if !ok {
-		return nil
-	}
-	return v
-}
-
-func decInt(s string) *big.Int {
-	v, ok := new(big.Int).SetString(s, 10)
-	if !ok {
-		return nil
-	}
-	return v
 }
 
 func (r *statusReport) print(w io.Writer, allRanges bool) {
@@ -477,11 +244,11 @@ func (r *statusReport) print(w io.Writer, allRanges bool) {
 		printPods(w, p.Pods)
 	}
 	for i := range r.Runs {
-		r.Runs[i].print(w, allRanges)
+		printRun(w, &r.Runs[i], allRanges)
 	}
 }
 
-func (rs *runStatus) print(w io.Writer, allRanges bool) {
+func printRun(w io.Writer, rs *runStatus, allRanges bool) {
 	fmt.Fprintf(w, "\nrun %s  %s  pass %d  %s\n", rs.RunID, rs.Mode, rs.Pass, strings.ToUpper(rs.State))
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "  keys\t%s → %s\n", rs.OldKeyARN, rs.NewKeyARN)

@@ -25,7 +25,7 @@ func TestNullableIDRefused(t *testing.T) {
 
 	r := o.cmd([]string{"run"}, "BATCH_SIZE=100")
 	o.mustCode(r, exitConfig)
-	for _, want := range []string{`id column \"id\" of public.payment_methods allows NULL`, "SET NOT NULL"} {
+	for _, want := range []string{`ID_COLUMN: id column \"id\" of public.payment_methods allows NULL`, "SET NOT NULL"} {
 		if !strings.Contains(r.stderr, want) {
 			t.Errorf("run's refusal does not say %q:\n%s", want, r.stderr)
 		}
@@ -41,7 +41,7 @@ func TestNullableIDRefused(t *testing.T) {
 	if plan.Rows.Unreachable != 1 || plan.Rows.UnreachableUnderOld != 1 || plan.Rows.UnderOld != 500 {
 		t.Errorf("plan rows: got %+v, want 500 under OLD reachable and 1 unreachable (NULL id), under OLD", plan.Rows)
 	}
-	if len(plan.Refusals) != 1 || !strings.Contains(plan.Refusals[0], `"id"`) {
+	if len(plan.Refusals) != 1 || !strings.Contains(plan.Refusals[0], `"id"`) || !strings.Contains(plan.Refusals[0], "ID_COLUMN") {
 		t.Errorf("plan refusals: got %q, want one naming the id column", plan.Refusals)
 	}
 	if testing.Verbose() {

@@ -18,7 +18,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/prometheus/client_golang/prometheus/push"
 	"github.com/schollz/progressbar/v3"
@@ -339,27 +338,23 @@ func (p *progress) logLine() {
 	p.a.log.Info("progress", attrs...)
 }
 
-// estimateRows is what a pass reads: the planner's estimate for a big table,
-// an exact count for a small one (where the estimate is often missing right
-// after a bulk load), "small" meaning what it means to the range planner
-// (batch.ExactMaxRows). 0 when neither is available in time.
+// estimateRows is what a pass reads, as the range planner counts it
+// (batch.PassRows: an exact count up to batch.ExactMaxRows, the planner's
+// estimate above). 0 when neither is available in estimateTimeout.
 func estimateRows(ctx context.Context, db batch.DB, spec tokentable.Spec) int64 {
 	if db == nil {
 		return 0
 	}
-	name := pgx.Identifier{spec.Schema, spec.Name}.Sanitize()
-	var est float64
-	if err := db.QueryRow(ctx, `SELECT coalesce((SELECT reltuples FROM pg_class WHERE oid = to_regclass($1)), -1)`, name).Scan(&est); err != nil {
+	ctx, cancel := context.WithTimeout(ctx, estimateTimeout)
+	defer cancel()
+	t, _ := tokentable.Inspect(ctx, db, spec) // run passed Preflight: only a nullable id is left, and it returns t
+	if t == nil {
 		return 0
 	}
-	if est > batch.ExactMaxRows {
-		return int64(est)
-	}
-	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	var n int64
-	if err := db.QueryRow(cctx, `SELECT count(*) FROM `+name).Scan(&n); err != nil {
-		return max(0, int64(est))
-	}
+	n, _ := batch.PassRows(ctx, db, t) // a failed count still gives the estimate
 	return n
 }
+
+// estimateTimeout bounds the progress total's count(*): a bar without a
+// total is better than a reporter stuck behind a slow scan.
+const estimateTimeout = 15 * time.Second

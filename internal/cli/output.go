@@ -7,14 +7,12 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"math"
-	"strconv"
-	"strings"
 	"time"
 
+	"github.com/reencrypt/reencrypt/internal/textfmt"
 	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/kmsclient"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
@@ -28,24 +26,7 @@ func writeJSON(w io.Writer, v any) error {
 }
 
 // num formats an integer with thousands separators: 1234567 → "1,234,567".
-func num(n int64) string {
-	s := strconv.FormatInt(n, 10)
-	neg := strings.HasPrefix(s, "-")
-	if neg {
-		s = s[1:]
-	}
-	var b strings.Builder
-	for i, c := range s {
-		if i > 0 && (len(s)-i)%3 == 0 {
-			b.WriteByte(',')
-		}
-		b.WriteRune(c)
-	}
-	if neg {
-		return "-" + b.String()
-	}
-	return b.String()
-}
+func num(n int64) string { return textfmt.Num(n) }
 
 // human formats a duration for an operator: "45s", "12m30s", "3h05m", "2d04h".
 // A negative, infinite or NaN duration is "-".
@@ -109,19 +90,11 @@ func (a *app) resolveKey(ctx context.Context, name, ref string) (kmsclient.Key, 
 	if err != nil {
 		return kmsclient.Key{}, err
 	}
-	k, err := kmsclient.Resolve(ctx, api, ref)
+	k, err := kmsclient.ResolveKey(ctx, api, ref) // classifies: key (77) or transient (75)
 	if err != nil {
-		err = fmt.Errorf("%s %q: %w", name, ref, err)
-		if isKeyError(err) {
-			return k, err
-		}
-		return k, tempErr(err)
+		return k, fmt.Errorf("%s %q: %w", name, ref, err)
 	}
 	return k, nil
-}
-
-func isKeyError(err error) bool {
-	return err != nil && (errors.Is(err, kmsclient.ErrKeyUnusable) || errors.Is(err, batch.ErrConfig))
 }
 
 // tempErr marks an environment failure worth a retry (batch.Transient,

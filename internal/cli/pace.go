@@ -170,7 +170,7 @@ func (a *app) startPacer(ctx context.Context, db *pgxpool.Pool, store *checkpoin
 		Table: t.Qualified(), Owner: a.owner(), KMSRateLimit: a.cfg.KMSRateLimit,
 		MaxRowsPerSecond: a.cfg.MaxRowsPerSecond, MaxReplicaLag: a.cfg.MaxReplicaLag,
 		Replicas: replicas, PageRows: a.cfg.BatchSize,
-	}, db, store, a.budget, a.log, a.metrics)
+	}, pacer.Deps{DB: db, Store: store, Budget: a.budget, Log: a.log, Metrics: a.metrics})
 	pctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	done := make(chan struct{})
 	go func() {

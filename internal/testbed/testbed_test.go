@@ -389,7 +389,6 @@ func envelopeRoundTrip(t *testing.T, k *KMSServer) {
 			t.Errorf("Decrypt with wrong context (%s): %v, want InvalidCiphertextException", name, err)
 		}
 	}
-
 }
 
 // Admin task in local-kms: a disabled key can no longer be used. (moto 5.2

@@ -129,16 +129,26 @@ type Engine struct {
 	pages int64
 }
 
-// New checks cfg and returns an engine. m may be nil.
-func New(cfg Config, db DB, store *checkpoint.Store, kms *kmsclient.Client, log *slog.Logger, m *metrics.Metrics) (*Engine, error) {
+// Deps are what an engine works with, as opposed to Config, what it does.
+type Deps struct {
+	DB      DB
+	Store   *checkpoint.Store
+	KMS     *kmsclient.Client
+	Log     *slog.Logger
+	Metrics *metrics.Metrics // may be nil
+}
+
+// New checks cfg and returns an engine.
+func New(cfg Config, d Deps) (*Engine, error) {
 	cfg = cfg.withDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	m := d.Metrics
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	return &Engine{cfg: cfg, db: db, store: store, kms: kms, kids: kmsclient.NewKidResolver(kms.API()), log: log, metrics: m, sql: newStatements(cfg.Table),
+	return &Engine{cfg: cfg, db: d.DB, store: d.Store, kms: d.KMS, kids: kmsclient.NewKidResolver(d.KMS.API()), log: d.Log, metrics: m, sql: newStatements(cfg.Table),
 		jitter: rand.Int64N}, nil
 }
 
@@ -192,7 +202,8 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	log := e.log.With("run_id", run.ID, "pass", run.Pass)
 	log.Info("run joined", "new_pass", run.NewPass, "table", e.cfg.Table.Qualified(), "mode", e.cfg.Mode,
 		"old_key_arn", e.cfg.Old.ARN, "new_key_arn", e.cfg.New.ARN, "owner", e.cfg.Owner)
-	_ = e.store.Event(ctx, e.db, run, "process_started", e.cfg.Owner, map[string]any{"new_pass": run.NewPass, "build": e.store.Build()})
+	_ = e.store.Event(ctx, e.db, checkpoint.Event{Run: run, Name: "process_started", Owner: e.cfg.Owner,
+		Details: map[string]any{"new_pass": run.NewPass, "build": e.store.Build()}})
 
 	err = e.workRanges(ctx, log)
 
@@ -222,11 +233,11 @@ func (e *Engine) Run(ctx context.Context) (Summary, error) {
 	if err != nil {
 		outcome = "stopped"
 	}
-	_ = e.store.Event(endCtx, e.db, run, "process_"+outcome, e.cfg.Owner, map[string]any{
+	_ = e.store.Event(endCtx, e.db, checkpoint.Event{Run: run, Name: "process_" + outcome, Owner: e.cfg.Owner, Details: map[string]any{
 		"rotated": sum.Process.Rotated, "skipped": sum.Process.Skipped, "other_key": sum.Process.OtherKey,
 		"quarantined": sum.Process.Quarantined, "conflicted": sum.Process.Conflicted, "pages": sum.Pages,
 		"error": errString(err),
-	})
+	}})
 	return sum, err
 }
 
@@ -491,8 +502,10 @@ func retryDelay(attempt int, n func(int64) int64) time.Duration {
 }
 
 // maxDeadConns bounds the immediate retries of one call on killed pooled
-// connections: more than a pool holds at the default RangeWorkers (PoolConns).
-const maxDeadConns = 16
+// connections: as many as the largest pool a run opens holds
+// (PoolConns(MaxRangeWorkers)), so that a failover that killed them all
+// costs no backoff and no try at any RangeWorkers.
+const maxDeadConns = MaxRangeWorkers + PoolSpareConns
 
 // connKilled reports an error of a connection the server terminated
 // (SQLSTATE 57P01 admin_shutdown, 57P02 crash_shutdown). A server that is

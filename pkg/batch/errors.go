@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -60,12 +59,13 @@ func transient(err error) error { return Transient(err) }
 
 // Field is one of the engine's settings, as a FieldError names it. The
 // command maps each to what a user sets (a variable, a flag): the engine
-// knows no variable names.
-type Field string
+// knows no variable names. It is tokentable.Field, so that the table's own
+// refusals (Inspect) name theirs the same way.
+type Field = tokentable.Field
 
 // The fields Preflight and Config.Validate name.
 const (
-	FieldDatabase     Field = "database"
+	FieldDatabase           = tokentable.FieldDatabase
 	FieldOldKey       Field = "old key"
 	FieldNewKey       Field = "new key"
 	FieldNamespace    Field = "namespace"
@@ -77,33 +77,17 @@ const (
 	FieldLeaseTTL     Field = "lease ttl"
 )
 
-// Fields lists every Field, for a command that maps them all.
+// Fields lists every Field, Inspect's (tokentable.Fields) included, for a
+// command that maps them all.
 func Fields() []Field {
-	return []Field{FieldDatabase, FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
-		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL}
+	return append(tokentable.Fields(), FieldOldKey, FieldNewKey, FieldNamespace, FieldMode,
+		FieldBatchSize, FieldWorkers, FieldRangeWorkers, FieldRanges, FieldLeaseTTL)
 }
 
-// FieldError is a failure that settings explain: a value refused, or a
-// check that failed with it. Fields says which settings to look at; Err is
-// the failure, and its class (ErrConfig, ErrTransient,
-// kmsclient.ErrKeyUnusable) is the FieldError's.
-type FieldError struct {
-	Fields []Field
-	Err    error
-}
-
-func (e *FieldError) Error() string { return e.Named(func(f Field) string { return string(f) }) }
-func (e *FieldError) Unwrap() error { return e.Err }
-
-// Named is the error's message with each field called by name(field): the
-// command passes the variable a user sets.
-func (e *FieldError) Named(name func(Field) string) string {
-	names := make([]string, len(e.Fields))
-	for i, f := range e.Fields {
-		names[i] = name(f)
-	}
-	return strings.Join(names, ", ") + ": " + e.Err.Error()
-}
+// FieldError is a failure that settings explain (tokentable.FieldError):
+// Fields says which settings to look at; Err is the failure, and its class
+// (ErrConfig, ErrTransient, kmsclient.ErrKeyUnusable) is the FieldError's.
+type FieldError = tokentable.FieldError
 
 // fieldError is err explained by fields (nil for nil).
 func fieldError(err error, fields ...Field) error {

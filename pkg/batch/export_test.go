@@ -10,7 +10,7 @@ import (
 // PlanRangesAbove exposes planRangesAbove to the external tests: a small
 // table cut the way one above ExactMaxRows is.
 func PlanRangesAbove(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
-	return planRangesAbove(ctx, db, t, n, pageRows, exactMax)
+	return planRangesAbove(ctx, db, t, rangeCut{n: n, pageRows: pageRows, exactMax: exactMax})
 }
 
 // SwapSQL is the compare-and-swap statement of t, for tests of its locking.

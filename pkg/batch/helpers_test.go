@@ -105,7 +105,7 @@ func rotate(t *testing.T, e *fixture.Env, o runOpts) (batch.Summary, error) {
 		BatchSize: o.batch, LeaseTTL: o.lease, Owner: o.owner, Ranges: o.ranges, Workers: 8,
 		RangeWorkers: o.rangeWorkers, StopGrace: time.Second, ConflictRetries: o.conflicts, Hooks: o.hooks,
 		LockTimeout: o.lockTimeout},
-		o.db, store, kc, slog.New(slog.NewJSONHandler(o.logs, nil)), o.metrics)
+		batch.Deps{DB: o.db, Store: store, KMS: kc, Log: slog.New(slog.NewJSONHandler(o.logs, nil)), Metrics: o.metrics})
 	if err != nil {
 		return batch.Summary{}, fmt.Errorf("test set-up: engine: %w", err)
 	}

@@ -27,28 +27,36 @@ import (
 // inserted later are still read. Above ExactMaxRows one short page per
 // range is noise, and two index scans of the whole key column are not.
 func planRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) ([]checkpoint.Bounds, error) {
-	return planRangesAbove(ctx, db, t, n, pageRows, ExactMaxRows)
+	return planRangesAbove(ctx, db, t, rangeCut{n: n, pageRows: pageRows, exactMax: ExactMaxRows})
+}
+
+// rangeCut is how a table is to be cut: about n ranges of pages of
+// pageRows rows, cut at row positions up to exactMax estimated rows.
+type rangeCut struct {
+	n        int
+	pageRows int
+	exactMax float64
 }
 
 // planRangesAbove is planRanges with the exact planner's threshold given:
 // tests cut a small table the way a large one is cut.
-func planRangesAbove(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, error) {
-	b, _, err := cutRanges(ctx, db, t, n, pageRows, exactMax)
+func planRangesAbove(ctx context.Context, db DB, t *tokentable.Table, c rangeCut) ([]checkpoint.Bounds, error) {
+	b, _, err := cutRanges(ctx, db, t, c)
 	return b, err
 }
 
 // cutRanges is planRanges, also saying whether the ranges hold whole
 // pages (cut at row positions).
-func cutRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int, exactMax float64) ([]checkpoint.Bounds, bool, error) {
-	n = max(n, 1)
+func cutRanges(ctx context.Context, db DB, t *tokentable.Table, c rangeCut) ([]checkpoint.Bounds, bool, error) {
+	n := max(c.n, 1)
 	estimate, err := rowEstimate(ctx, db, t)
 	if err != nil {
 		return nil, false, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
 	}
 	// reltuples is -1 before the table's first VACUUM or ANALYZE: a young
 	// table, cut exactly.
-	if estimate <= exactMax {
-		b, err := rowRanges(ctx, db, t, n, pageRows)
+	if estimate <= c.exactMax {
+		b, err := rowRanges(ctx, db, t, n, c.pageRows)
 		return b, true, err
 	}
 	b, err := quantileRanges(ctx, db, t, n)
@@ -68,7 +76,7 @@ type RangePlan struct {
 // planRanges, with the run's RANGES and BATCH_SIZE), for `plan` to count
 // the pages and data keys the run will really make. It only reads.
 func PlanRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) (RangePlan, error) {
-	b, whole, err := cutRanges(ctx, db, t, n, pageRows, ExactMaxRows)
+	b, whole, err := cutRanges(ctx, db, t, rangeCut{n: n, pageRows: pageRows, exactMax: ExactMaxRows})
 	return RangePlan{Ranges: len(b), WholePages: whole}, err
 }
 

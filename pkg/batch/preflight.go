@@ -63,6 +63,7 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, o PreflightOpti
 	if err != nil && !errors.As(err, &nullable) {
 		return nil, err
 	}
+	nullableErr := err // nil, or the NULL-able id column's refusal, naming its field
 	c := &Checked{Table: t}
 	if c.Old, err = resolve(ctx, kc, oldRef); err != nil {
 		return nil, fieldError(err, FieldOldKey)
@@ -91,23 +92,19 @@ func Preflight(ctx context.Context, db DB, kc *kmsclient.Client, o PreflightOpti
 		return nil, err
 	}
 	if nullable != nil {
-		return c, nullable // every other check passed: plan may still count the table
+		return c, nullableErr // every other check passed: plan may still count the table
 	}
 	return c, nil
 }
 
+// resolve is kmsclient.ResolveKey (which classifies the failure: key or
+// transient) and the engine's own demand that the key be usable.
 func resolve(ctx context.Context, kc *kmsclient.Client, ref string) (kmsclient.Key, error) {
-	k, err := kmsclient.Resolve(ctx, kc.API(), ref)
+	k, err := kmsclient.ResolveKey(ctx, kc.API(), ref)
 	if err != nil {
-		if errors.Is(err, kmsclient.ErrKeyUnusable) {
-			return k, fmt.Errorf("%q: %w", ref, err)
-		}
-		return k, transient(fmt.Errorf("%q: %w", ref, err))
+		return k, fmt.Errorf("%q: %w", ref, err)
 	}
-	if err := k.Usable(); err != nil {
-		return k, err
-	}
-	return k, nil
+	return k, k.Usable()
 }
 
 // RoundTrip generates a data key under keyARN, seals a probe with it, unwraps

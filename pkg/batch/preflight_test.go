@@ -41,13 +41,14 @@ func TestPreflightRefuses(t *testing.T) {
 		{name: "good configuration passes", prepare: func(*testing.T, *fixture.Env, *setup) {}},
 		{name: "same key as alias and ARN", is: batch.ErrConfig, says: []string{"same KMS key"}, fields: []batch.Field{batch.FieldOldKey, batch.FieldNewKey},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.new = e.Old.ARN }},
-		{name: "unknown table", is: batch.ErrConfig, says: []string{"public.payment_methodz", "does not exist", "TABLE"},
+		{name: "unknown table", is: batch.ErrConfig, says: []string{"public.payment_methodz", "does not exist"},
+			fields:  []batch.Field{tokentable.FieldTableSchema, tokentable.FieldTable, tokentable.FieldAuditTable, batch.FieldDatabase},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.spec.Name = "payment_methodz" }},
 		{name: "hostile table name", is: batch.ErrConfig, says: []string{"does not exist"},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) {
 				s.spec.Name = `payment_methods"; DROP TABLE payment_methods; --`
 			}},
-		{name: "unknown token column", is: batch.ErrConfig, says: []string{`"token"`, "TOKEN_COLUMN"},
+		{name: "unknown token column", is: batch.ErrConfig, says: []string{`"token"`}, fields: []batch.Field{tokentable.FieldTokenColumn},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) { s.spec.TokenColumn = "token" }},
 		{name: "token column not bytea", is: batch.ErrConfig, says: []string{"encrypted_token", "text", "not bytea"},
 			prepare: func(_ *testing.T, e *fixture.Env, s *setup) {
@@ -115,10 +116,9 @@ func TestPreflightRefuses(t *testing.T) {
 				if !errors.As(err, &fe) || !slices.Equal(fe.Fields, tc.fields) {
 					t.Errorf("Preflight: got %v, want a *batch.FieldError naming %v", err, tc.fields)
 				}
-				// (Inspect's refusals still name TABLE and its kin: the table
-				// spec moves to pkg/tokentable, issue 13 section 1.)
 				if strings.Contains(fmt.Sprint(err), "_KEY_ID") || strings.Contains(fmt.Sprint(err), "DATABASE_URL") ||
-					strings.Contains(fmt.Sprint(err), "NAMESPACE") {
+					strings.Contains(fmt.Sprint(err), "NAMESPACE") || strings.Contains(fmt.Sprint(err), "TABLE_SCHEMA") ||
+					strings.Contains(fmt.Sprint(err), "_COLUMN") {
 					t.Errorf("message %q names a variable of the command's: the engine names fields", err)
 				}
 			}

@@ -79,6 +79,36 @@ func TestRetryGivesUpTransient(t *testing.T) {
 	}
 }
 
+// TestRetryDrainsKilledPool: when every pooled connection was killed (a
+// failover), a call meets each of them in turn; it retries them all at once,
+// without backing off or spending a try, up to the largest pool a run opens
+// (PoolConns(MaxRangeWorkers)). Before, it stopped at 16: past RANGE_WORKERS
+// 12 the rest of a killed pool cost backoffs and could fail the call.
+func TestRetryDrainsKilledPool(t *testing.T) {
+	t.Parallel()
+	for _, rangeWorkers := range []int{DefaultRangeWorkers, MaxRangeWorkers} {
+		t.Run(fmt.Sprint(rangeWorkers), func(t *testing.T) {
+			t.Parallel()
+			backoffs := 0
+			e := &Engine{cfg: Config{RangeWorkers: rangeWorkers}.withDefaults(),
+				jitter: func(int64) int64 { backoffs++; return 0 }}
+			dead := int(PoolConns(rangeWorkers))
+			calls := 0
+			err := e.retry(context.Background(), "page", slog.New(slog.DiscardHandler), func() error {
+				calls++
+				if calls <= dead {
+					return &pgconn.PgError{Code: "57P01", Message: "terminating connection due to administrator command"}
+				}
+				return nil
+			})
+			if err != nil || calls != dead+1 || backoffs != 0 {
+				t.Errorf("pool of %d killed connections: err %v after %d calls and %d backoffs, want nil after %d calls and none",
+					dead, err, calls, backoffs, dead+1)
+			}
+		})
+	}
+}
+
 // TestRetryDelayJitter: the backoff is jittered — two processes (two
 // seeded sources) wait different times after the same failure — and every
 // delay stays below its ceiling, which doubles from retryBackoffBase up to

@@ -37,8 +37,8 @@ func TestCount(t *testing.T) {
 	e.DB.Exec(context.Background(), `INSERT INTO payment_methods (id, encrypted_token) VALUES (5000, NULL), (5001, '\x0201')`)
 	tbl := inspect(t, e)
 	var progress int
-	c, err := census.Count(context.Background(), e.DB, tbl, tokentable.Bounds{}, 100, e.Old.ARN, []string{e.New.ARN},
-		func(census.Census) { progress++ })
+	c, err := census.Count(context.Background(), e.DB, tbl, census.CountOptions{PageSize: 100, Focus: e.Old.ARN, Tracked: []string{e.New.ARN},
+		Progress: func(census.Census) { progress++ }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +108,7 @@ func TestRowsUnderEveryKidForm(t *testing.T) {
 	}
 	// The same, parsing every row of the table.
 	var all int64
-	err = tokentable.Walk(ctx, e.DB, tbl, tokentable.Bounds{}, 0, func(page []tokentable.Row) error {
+	err = tokentable.Walk(ctx, e.DB, tbl, tokentable.WalkOptions{}, func(page []tokentable.Row) error {
 		for _, r := range page {
 			if env, _ := tokentable.ParseToken(r.Token); env != nil {
 				if arn, ok := resolve[env.KID]; (ok && arn == oldARN) || env.KID == oldARN {

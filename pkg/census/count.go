@@ -134,15 +134,22 @@ func (c *Counter) Census() Census {
 	return out
 }
 
-// Count walks the rows of t in b and counts them; see NewCounter for focus
-// and tracked. progress, when not nil, is called after every page.
-func Count(ctx context.Context, db tokentable.Querier, t *tokentable.Table, b tokentable.Bounds, pageSize int, focus string, tracked []string,
-	progress func(Census)) (Census, error) {
-	c := NewCounter(focus, tracked...)
-	err := tokentable.Walk(ctx, db, t, b, pageSize, func(page []tokentable.Row) error {
+// CountOptions is what Count reads and how it counts.
+type CountOptions struct {
+	Bounds   tokentable.Bounds // the rows counted; the whole table when zero
+	PageSize int               // rows per read; tokentable.DefaultPageSize when 0
+	Focus    string            // see NewCounter
+	Tracked  []string          // see NewCounter
+	Progress func(Census)      // called after every page when not nil
+}
+
+// Count walks the rows of t in o.Bounds and counts them.
+func Count(ctx context.Context, db tokentable.Querier, t *tokentable.Table, o CountOptions) (Census, error) {
+	c := NewCounter(o.Focus, o.Tracked...)
+	err := tokentable.Walk(ctx, db, t, tokentable.WalkOptions{Bounds: o.Bounds, PageSize: o.PageSize}, func(page []tokentable.Row) error {
 		c.Add(page)
-		if progress != nil {
-			progress(c.c)
+		if o.Progress != nil {
+			o.Progress(c.c)
 		}
 		return nil
 	})
@@ -167,7 +174,7 @@ func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, 
 		needles = [][]byte{[]byte(keyID(keyARN)), []byte("alias/")}
 	}
 	var n int64
-	err := tokentable.WalkContaining(ctx, db, t, needles, recountPageRows, func(page []tokentable.Row) error {
+	err := tokentable.WalkContaining(ctx, db, t, tokentable.Containing{Needles: needles, PageSize: recountPageRows}, func(page []tokentable.Row) error {
 		for _, r := range page {
 			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {

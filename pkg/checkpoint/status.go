@@ -102,17 +102,26 @@ func (s *Store) Quarantine(ctx context.Context, tx Querier, run Run, rows []Quar
 	return fresh, res.Err()
 }
 
+// Event is one entry of a run's event log. Name and Owner are both
+// strings: named fields keep them from being swapped.
+type Event struct {
+	Run     Run
+	Name    string // process_started, process_done, ...
+	Owner   string // the process that records it
+	Details any    // stored as JSON
+}
+
 // Event appends to the run's event log (run start, pass planned, run end).
-func (s *Store) Event(ctx context.Context, db Execer, run Run, event, owner string, details any) error {
-	js, err := json.Marshal(details)
+func (s *Store) Event(ctx context.Context, db Execer, ev Event) error {
+	js, err := json.Marshal(ev.Details)
 	if err != nil {
 		return err
 	}
 	_, err = db.Exec(ctx, fmt.Sprintf(`
 		INSERT INTO %s.events (run_id, pass, event, owner, details) VALUES ($1, $2, $3, $4, $5)`, s.schema),
-		run.ID, run.Pass, event, owner, js)
+		ev.Run.ID, ev.Run.Pass, ev.Name, ev.Owner, js)
 	if err != nil {
-		return fmt.Errorf("record event %s: %w", event, err)
+		return fmt.Errorf("record event %s: %w", ev.Name, err)
 	}
 	return nil
 }

@@ -352,14 +352,14 @@ func (c *Config) validate(checked func(name string) bool) error {
 	if c.LeaseTTL < batch.MinLeaseTTL {
 		bad("LEASE_TTL", "LEASE_TTL %s: want at least %s", c.LeaseTTL, batch.MinLeaseTTL)
 	}
-	if c.PageTimeout < time.Second {
-		bad("PAGE_TIMEOUT", "PAGE_TIMEOUT %s: want at least 1s", c.PageTimeout)
+	if c.PageTimeout < batch.MinPageTimeout {
+		bad("PAGE_TIMEOUT", "PAGE_TIMEOUT %s: want at least %s", c.PageTimeout, batch.MinPageTimeout)
 	}
-	if c.LockTimeout < 10*time.Millisecond {
-		bad("LOCK_TIMEOUT", "LOCK_TIMEOUT %s: want at least 10ms", c.LockTimeout)
+	if c.LockTimeout < batch.MinLockTimeout {
+		bad("LOCK_TIMEOUT", "LOCK_TIMEOUT %s: want at least %s", c.LockTimeout, batch.MinLockTimeout)
 	}
-	if c.StopGrace < time.Second || c.StopGrace >= c.LeaseTTL {
-		bad("STOP_GRACE", "STOP_GRACE %s: want at least 1s and less than LEASE_TTL", c.StopGrace)
+	if c.StopGrace < batch.MinStopGrace || c.StopGrace >= c.LeaseTTL {
+		bad("STOP_GRACE", "STOP_GRACE %s: want at least %s and less than LEASE_TTL", c.StopGrace, batch.MinStopGrace)
 	}
 	if c.MaxRowsPerSecond < 0 {
 		bad("MAX_ROWS_PER_SECOND", "MAX_ROWS_PER_SECOND %v: want >= 0", c.MaxRowsPerSecond)

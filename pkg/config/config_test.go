@@ -233,4 +233,19 @@ func TestEngineBoundsWrittenOnce(t *testing.T) {
 	if _, err := Load(map[string]string{"LEASE_TTL": (batch.MinLeaseTTL - time.Millisecond).String(), "STOP_GRACE": "1s"}, nil, nil); err == nil {
 		t.Errorf("LEASE_TTL under %s accepted", batch.MinLeaseTTL)
 	}
+	for _, tc := range []struct {
+		name string
+		min  time.Duration
+	}{
+		{"PAGE_TIMEOUT", batch.MinPageTimeout},
+		{"LOCK_TIMEOUT", batch.MinLockTimeout},
+		{"STOP_GRACE", batch.MinStopGrace},
+	} {
+		if _, err := Load(map[string]string{tc.name: tc.min.String()}, nil, nil); err != nil {
+			t.Errorf("%s=%s refused: %v", tc.name, tc.min, err)
+		}
+		if _, err := Load(map[string]string{tc.name: (tc.min - time.Millisecond).String()}, nil, nil); err == nil {
+			t.Errorf("%s=%s accepted", tc.name, tc.min-time.Millisecond)
+		}
+	}
 }

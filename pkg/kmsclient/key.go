@@ -2,6 +2,7 @@ package kmsclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -53,6 +54,28 @@ func Resolve(ctx context.Context, api KMS, ref string) (Key, error) {
 		Usage: md.KeyUsage,
 	}, nil
 }
+
+// ResolveKey is Resolve with its failure classified, the one resolver of
+// the engine and the commands: a key KMS refuses (ErrKeyUnusable: not
+// found, denied, disabled) stays as it is, anything else is marked
+// ErrUnavailable (worth a retry), as both did before — DescribeKey names no
+// row, so an odd answer is the environment's, not a bug to stop on. It does
+// not check the key's state: verify and the registry read it themselves,
+// the engine calls Usable.
+func ResolveKey(ctx context.Context, api KMS, ref string) (Key, error) {
+	k, err := Resolve(ctx, api, ref)
+	if err != nil && !errors.Is(err, ErrKeyUnusable) {
+		return k, &unavailableError{err}
+	}
+	return k, err
+}
+
+// unavailableError marks a failure ErrUnavailable whatever its code.
+type unavailableError struct{ err error }
+
+func (e *unavailableError) Error() string        { return e.err.Error() }
+func (e *unavailableError) Unwrap() error        { return e.err }
+func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
 
 // Usable reports why a resolved key cannot protect data keys, or nil.
 func (k Key) Usable() error {

@@ -71,15 +71,25 @@ type Pacer struct {
 	held          map[string]bool
 }
 
-// New returns a pacer. budget and m may be nil.
-func New(cfg Config, db checkpoint.DB, store *checkpoint.Store, budget *kmsclient.Budget, log *slog.Logger, m *metrics.Metrics) *Pacer {
+// Deps are what a pacer works with, as opposed to Config, what it watches.
+type Deps struct {
+	DB      checkpoint.DB
+	Store   *checkpoint.Store
+	Budget  *kmsclient.Budget // may be nil
+	Log     *slog.Logger
+	Metrics *metrics.Metrics // may be nil
+}
+
+// New returns a pacer.
+func New(cfg Config, d Deps) *Pacer {
 	if cfg.Poll <= 0 {
 		cfg.Poll = defaultPoll
 	}
+	m := d.Metrics
 	if m == nil {
 		m = metrics.New(nil)
 	}
-	p := &Pacer{cfg: cfg, db: db, store: store, budget: budget, log: log, metrics: m, live: 1, held: map[string]bool{}}
+	p := &Pacer{cfg: cfg, db: d.DB, store: d.Store, budget: d.Budget, log: d.Log, metrics: m, live: 1, held: map[string]bool{}}
 	p.rows = rate.NewLimiter(rate.Inf, max(cfg.PageRows, 1))
 	p.applyRates()
 	return p

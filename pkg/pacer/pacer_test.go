@@ -106,7 +106,8 @@ func TestReplicaLagHoldsPages(t *testing.T) {
 
 	m := metrics.New(nil)
 	p := pacer.New(pacer.Config{Table: "public.t", Owner: "pod-1", MaxReplicaLag: time.Second,
-		Replicas: []pacer.Querier{rdb}, PageRows: 100, Poll: 100 * time.Millisecond}, db, store, nil, logger(t), m)
+		Replicas: []pacer.Querier{rdb}, PageRows: 100, Poll: 100 * time.Millisecond},
+		pacer.Deps{DB: db, Store: store, Log: logger(t), Metrics: m})
 	runCtx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { p.Run(runCtx) })
@@ -162,10 +163,10 @@ func startPod(t *testing.T, ctx context.Context, e *fixture.Env, owner string, w
 	api := budgeted{KMS: e.API, budget: budget}
 	kc := kmsclient.NewClient(api, fixture.Namespace, kmsclient.NewCache(1024, time.Minute))
 	pd := &pod{pacer: pacer.New(pacer.Config{Table: table.Qualified(), Owner: owner, PageRows: 100, Poll: 100 * time.Millisecond},
-		db, store, budget, logger(t), nil)}
+		pacer.Deps{DB: db, Store: store, Budget: budget, Log: logger(t)})}
 	eng, err := batch.New(batch.Config{Table: table, Old: e.Old, New: e.New, BatchSize: 100, Workers: 8,
 		RangeWorkers: 2, LeaseTTL: 5 * time.Second, StopGrace: time.Second, Owner: owner, Pacer: pd.pacer},
-		db, store, kc, logger(t), nil)
+		batch.Deps{DB: db, Store: store, KMS: kc, Log: logger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,7 +315,7 @@ func TestPodsShareTheKMSBudget(t *testing.T) {
 			t.Fatal(err)
 		}
 		p := pacer.New(pacer.Config{Table: "public.payment_methods", Owner: owner, KMSRateLimit: limit, PageRows: 100,
-			Poll: 100 * time.Millisecond}, e.DB, store, budget, logger(t), nil)
+			Poll: 100 * time.Millisecond}, pacer.Deps{DB: e.DB, Store: store, Budget: budget, Log: logger(t)})
 		wg.Go(func() { p.Run(pctx) })
 		return member{budget, api}
 	}

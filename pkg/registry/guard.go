@@ -135,7 +135,7 @@ func lockKey(ctx context.Context, tx pgx.Tx, arn string) error {
 
 // lockRow finds the registry row naming arn and locks it FOR UPDATE.
 func (r *Registry) lockRow(ctx context.Context, tx pgx.Tx, cols map[string]string, arn string) (Key, error) {
-	keys, err := r.load(ctx, txDB{tx}, cols, false, "")
+	keys, err := r.load(ctx, txDB{tx}, cols, loading{})
 	if err != nil {
 		return Key{}, err
 	}
@@ -147,7 +147,7 @@ func (r *Registry) lockRow(ctx context.Context, tx pgx.Tx, cols map[string]strin
 		return k, fmt.Errorf("lock %s row of %s: %w", r.Qualified(), arn, err)
 	}
 	// Re-read under the lock: the status may have changed meanwhile.
-	keys, err = r.load(ctx, txDB{tx}, cols, false, "WHERE key_id = $1", k.KeyID)
+	keys, err = r.load(ctx, txDB{tx}, cols, loading{where: "WHERE key_id = $1", args: []any{k.KeyID}})
 	if err != nil || len(keys) == 0 {
 		return Key{}, err
 	}
@@ -227,7 +227,8 @@ func (r *Registry) countTable(ctx context.Context, q checkpoint.DB, arn string, 
 		c.Missing = true
 		return c, nil
 	}
-	err = census.Scan(ctx, q, k.Schema, k.Table, k.IDColumn, k.TokenColumn, func(row tokentable.Row) error {
+	spec := tokentable.Spec{Schema: k.Schema, Name: k.Table, IDColumn: k.IDColumn, TokenColumn: k.TokenColumn}
+	err = census.Scan(ctx, q, spec, func(row tokentable.Row) error {
 		c.Scanned++
 		held := quarantined[row.ID]
 		env, _ := tokentable.ParseToken(row.Token)
@@ -360,7 +361,7 @@ func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn 
 			return err
 		}
 		var when *time.Time
-		already, when, err = r.scheduleOnce(ctx, tx, api, arn, pendingDays, t)
+		already, when, err = r.scheduleOnce(ctx, tx, deletion{api: api, arn: arn, pendingDays: pendingDays, t: t})
 		if err != nil {
 			return err
 		}
@@ -392,9 +393,20 @@ func (r *Registry) ScheduleDeletion(ctx context.Context, api kmsclient.KMS, arn 
 	return k, already, err
 }
 
+// deletion is ScheduleDeletion's request: the key arn, deleted through api
+// after pendingDays, as long as no row of t (or of the tables the key was
+// recorded for) is under it.
+type deletion struct {
+	api         kmsclient.KMS
+	arn         string
+	pendingDays int
+	t           *tokentable.Table
+}
+
 // scheduleOnce makes the KMS call (unless the key is already pending) and
 // counts again after it, cancelling the deletion if rows appeared.
-func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, api kmsclient.KMS, arn string, pendingDays int, t *tokentable.Table) (already bool, when *time.Time, err error) {
+func (r *Registry) scheduleOnce(ctx context.Context, tx pgx.Tx, d deletion) (already bool, when *time.Time, err error) {
+	api, arn, pendingDays, t := d.api, d.arn, d.pendingDays, d.t
 	desc, err := api.DescribeKey(ctx, &kms.DescribeKeyInput{KeyId: aws.String(arn)})
 	if err != nil {
 		return false, nil, kmsError("DescribeKey", arn, err)

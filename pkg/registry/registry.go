@@ -198,11 +198,19 @@ func selectList(cols map[string]string) string {
 		"retired_at::timestamptz", opt("deletion_scheduled_at", "timestamptz"), opt("deletion_date", "timestamptz")}, ", ")
 }
 
-// load reads rows and resolves each key_id to the ARN it names. strict
-// makes a failed resolution an error; otherwise the row's ARN stays "" and
-// the error is kept on the row (see lookup).
-func (r *Registry) load(ctx context.Context, q checkpoint.DB, cols map[string]string, strict bool, where string, args ...any) ([]Key, error) {
-	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s`, selectList(cols), r.qname, where), args...)
+// loading is which rows load reads (where, with its args; all when empty)
+// and how: strict makes a failed resolution an error; otherwise the row's
+// ARN stays "" and the error is kept on the row (see lookup).
+type loading struct {
+	strict bool
+	where  string
+	args   []any
+}
+
+// load reads rows and resolves each key_id to the ARN it names.
+func (r *Registry) load(ctx context.Context, q checkpoint.DB, cols map[string]string, l loading) ([]Key, error) {
+	strict := l.strict
+	rows, err := q.Query(ctx, fmt.Sprintf(`SELECT %s FROM %s %s`, selectList(cols), r.qname, l.where), l.args...)
 	if err != nil {
 		return nil, fmt.Errorf("read %s: %w", r.Qualified(), err)
 	}
@@ -248,7 +256,7 @@ func (r *Registry) List(ctx context.Context) (keys []Key, exists bool, err error
 	if err != nil || cols == nil {
 		return nil, false, err
 	}
-	keys, err = r.load(ctx, r.db, cols, false, "")
+	keys, err = r.load(ctx, r.db, cols, loading{})
 	return keys, true, err
 }
 
@@ -259,7 +267,7 @@ func (r *Registry) Get(ctx context.Context, arn string) (Key, bool, error) {
 	if err != nil || cols == nil {
 		return Key{}, false, err
 	}
-	keys, err := r.load(ctx, r.db, cols, false, "")
+	keys, err := r.load(ctx, r.db, cols, loading{})
 	if err != nil {
 		return Key{}, false, err
 	}
@@ -328,7 +336,7 @@ func (r *Registry) Begin(ctx context.Context, old, new Ref) (changed bool, err e
 		if err != nil {
 			return err
 		}
-		keys, err := r.load(ctx, txDB{tx}, cols, true, "")
+		keys, err := r.load(ctx, txDB{tx}, cols, loading{strict: true})
 		if err != nil {
 			return err
 		}

@@ -20,7 +20,7 @@ type Bounds struct {
 	Lower, Upper *string
 }
 
-// DefaultPageSize is the page size of a Walk given 0.
+// DefaultPageSize is the page size of a Walk given none.
 const DefaultPageSize = 5000
 
 // ReadPage reads the rows of t whose id is in b, in id order, at most limit
@@ -59,11 +59,19 @@ func CollectRows(rs pgx.Rows, capacity int) ([]Row, error) {
 	return out, rs.Err()
 }
 
-// Walk calls fn with every row of t whose id is in b, in id order, one page
-// of at most pageSize rows at a time. fn may keep the rows it is given (each
-// page is freshly allocated). An error from fn stops the walk and is
-// returned as is.
-func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn func(page []Row) error) error {
+// WalkOptions is what a Walk reads: the zero value reads the whole table
+// in pages of DefaultPageSize rows.
+type WalkOptions struct {
+	Bounds   Bounds // the slice of the keyspace read; open ends when nil
+	PageSize int    // rows per page; DefaultPageSize when 0
+}
+
+// Walk calls fn with every row of t whose id is in o.Bounds, in id order,
+// one page of at most o.PageSize rows at a time. fn may keep the rows it is
+// given (each page is freshly allocated). An error from fn stops the walk
+// and is returned as is.
+func Walk(ctx context.Context, db Querier, t *Table, o WalkOptions, fn func(page []Row) error) error {
+	b, pageSize := o.Bounds, o.PageSize
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}
@@ -89,6 +97,12 @@ func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn 
 	}
 }
 
+// Containing is what WalkContaining looks for, and its page size.
+type Containing struct {
+	Needles  [][]byte // a row matches when its token contains one of them
+	PageSize int      // rows of the table per statement; 0: DefaultPageSize
+}
+
 // WalkContaining is Walk over the whole table for the rows whose token
 // contains at least one of the needles as a byte string: Postgres searches
 // each page and sends only the matches, so a count that only cares about
@@ -96,7 +110,8 @@ func Walk(ctx context.Context, db Querier, t *Table, b Bounds, pageSize int, fn 
 // does not ship the table. Pages hold pageSize rows of the table (0:
 // DefaultPageSize) and fn sees only their matches (possibly none; it is
 // not called then). Rows with a NULL id or token never match.
-func WalkContaining(ctx context.Context, db Querier, t *Table, needles [][]byte, pageSize int, fn func(matches []Row) error) error {
+func WalkContaining(ctx context.Context, db Querier, t *Table, c Containing, fn func(matches []Row) error) error {
+	needles, pageSize := c.Needles, c.PageSize
 	if pageSize <= 0 {
 		pageSize = DefaultPageSize
 	}

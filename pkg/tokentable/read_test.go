@@ -46,7 +46,7 @@ func TestWalkOrderAndBounds(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			next, pages := c.first, 0
-			err := tokentable.Walk(ctx, e.DB, tbl, c.b, c.pageSize, func(page []tokentable.Row) error {
+			err := tokentable.Walk(ctx, e.DB, tbl, tokentable.WalkOptions{Bounds: c.b, PageSize: c.pageSize}, func(page []tokentable.Row) error {
 				pages++
 				for _, r := range page {
 					if r.ID != strconv.Itoa(next) {
@@ -97,7 +97,8 @@ func TestWalkContaining(t *testing.T) {
 	for _, pageSize := range []int{1, 6, 100, 1000} {
 		t.Run(fmt.Sprintf("page %d", pageSize), func(t *testing.T) {
 			got, prev := 0, 0
-			err := tokentable.WalkContaining(ctx, e.DB, tbl, [][]byte{[]byte("needle-A"), []byte("needle-B")}, pageSize,
+			err := tokentable.WalkContaining(ctx, e.DB, tbl,
+				tokentable.Containing{Needles: [][]byte{[]byte("needle-A"), []byte("needle-B")}, PageSize: pageSize},
 				func(matches []tokentable.Row) error {
 					for _, r := range matches {
 						n, _ := strconv.Atoi(r.ID)

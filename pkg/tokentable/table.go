@@ -70,7 +70,8 @@ func (t *Table) QuotedAuditID() string { return t.qauditID }
 func quote(parts ...string) string { return pgx.Identifier(parts).Sanitize() }
 
 // Inspect checks that the configured tables and columns exist with the types
-// the engine needs, and refuses (ErrConfig) before any write otherwise. The
+// the engine needs, and refuses (ErrConfig) before any write otherwise; a
+// refusal a setting explains is a *FieldError naming it. The
 // id column must be NOT NULL with a valid unique index (a primary key is
 // both): the keyset cursor reads every row only then. It requires nothing to
 // be created or migrated in the user's schema.
@@ -82,7 +83,7 @@ func Inspect(ctx context.Context, db Querier, spec Spec) (*Table, error) {
 	}
 	idType, ok := cols[spec.IDColumn]
 	if !ok {
-		return nil, configErrorf("table %s.%s has no column %q (set ID_COLUMN)", spec.Schema, spec.Name, spec.IDColumn)
+		return nil, fieldError(configErrorf("table %s.%s has no column %q", spec.Schema, spec.Name, spec.IDColumn), FieldIDColumn)
 	}
 	switch idType {
 	case "uuid", "bigint", "integer":
@@ -93,7 +94,7 @@ func Inspect(ctx context.Context, db Querier, spec Spec) (*Table, error) {
 	}
 	tokType, ok := cols[spec.TokenColumn]
 	if !ok {
-		return nil, configErrorf("table %s.%s has no column %q (set TOKEN_COLUMN)", spec.Schema, spec.Name, spec.TokenColumn)
+		return nil, fieldError(configErrorf("table %s.%s has no column %q", spec.Schema, spec.Name, spec.TokenColumn), FieldTokenColumn)
 	}
 	if tokType != "bytea" {
 		return nil, configErrorf("token column %q of %s.%s is %s, not bytea", spec.TokenColumn, spec.Schema, spec.Name, tokType)
@@ -135,15 +136,16 @@ func Inspect(ctx context.Context, db Querier, spec Spec) (*Table, error) {
 	t.qauditID = quote(spec.AuditIDColumn)
 	if !notNull {
 		// Last, so that every other refusal comes first and t is complete.
-		return t, &NullableIDError{Table: t.Qualified(), Column: spec.IDColumn}
+		return t, fieldError(&NullableIDError{Table: t.Qualified(), Column: spec.IDColumn}, FieldIDColumn)
 	}
 	return t, nil
 }
 
 // NullableIDError refuses an id column that allows NULL: the keyset cursor
 // (id > $1) never reads a row whose id is NULL, so a run could exit 0 with
-// such a row still under OLD. It is ErrConfig. Inspect returns it with a
-// complete Table, so that plan can still count the table and show why.
+// such a row still under OLD. It is ErrConfig. Inspect returns it (in a
+// FieldError naming the id column) with a complete Table, so that plan can
+// still count the table and show why.
 type NullableIDError struct {
 	Table  string // schema.table
 	Column string
@@ -152,7 +154,7 @@ type NullableIDError struct {
 func (e *NullableIDError) Error() string {
 	return fmt.Sprintf("id column %q of %s allows NULL: rows with a NULL id are never read by the keyset cursor "+
 		"and would stay under the old key; give every row an id and run ALTER TABLE %s ALTER COLUMN %s SET NOT NULL, "+
-		"or set ID_COLUMN to the primary key (reencrypt plan counts the rows with a NULL id)",
+		"or use the primary key as the id column (reencrypt plan counts the rows with a NULL id)",
 		e.Column, e.Table, e.Table, quote(e.Column))
 }
 
@@ -167,7 +169,8 @@ func columns(ctx context.Context, db Querier, schema, name string) (map[string]s
 		return nil, fmt.Errorf("look up table %s.%s: %w", schema, name, err)
 	}
 	if oid == nil {
-		return nil, configErrorf("table %s.%s does not exist (check TABLE_SCHEMA, TABLE, AUDIT_TABLE and DATABASE_URL)", schema, name)
+		return nil, fieldError(configErrorf("table %s.%s does not exist", schema, name),
+			FieldTableSchema, FieldTable, FieldAuditTable, FieldDatabase)
 	}
 	rows, err := db.Query(ctx, `
 		SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute

@@ -190,7 +190,7 @@ func FuzzIdentifiers(f *testing.F) {
 			}
 			eng, err := batch.New(batch.Config{Table: checked.Table, Old: checked.Old, New: checked.New,
 				BatchSize: 2, Ranges: 1, RangeWorkers: 1, LeaseTTL: 2 * time.Second, StopGrace: time.Second, Workers: 2, Owner: "fuzz"},
-				db, store, kc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+				batch.Deps{DB: db, Store: store, KMS: kc, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 			if err != nil {
 				return err
 			}

@@ -164,7 +164,7 @@ func TestKMSFaultsNoGoroutineLeak(t *testing.T) {
 		}
 		eng, err := batch.New(batch.Config{Table: checked.Table, Old: checked.Old, New: checked.New,
 			BatchSize: 100, Ranges: 8, LeaseTTL: 2 * time.Second, StopGrace: time.Second, Workers: 8, Owner: "leak-test"},
-			pool, store, kc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+			batch.Deps{DB: pool, Store: store, KMS: kc, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
 			return err
 		}

@@ -82,7 +82,6 @@ func TestPausedRunnerIsFenced(t *testing.T) {
 		}
 		a.kill(syscall.SIGCONT)
 		time.Sleep(50 * time.Millisecond) // the point: let A run until it claims a range, then stop it again
-
 	}
 	// Expire A's leases in the database instead of waiting out LEASE_TTL,
 	// then start B. If A was stopped inside a page transaction it holds the

@@ -323,7 +323,7 @@ func TestDataKeysZeroedAfterUse(t *testing.T) {
 	}
 	eng, err := batch.New(batch.Config{Table: checked.Table, Old: checked.Old, New: checked.New,
 		BatchSize: 100, Ranges: 4, LeaseTTL: 2 * time.Second, StopGrace: time.Second, Workers: 8, Owner: "zero-test"},
-		w.DB, store, kc, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+		batch.Deps{DB: w.DB, Store: store, KMS: kc, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		t.Fatal(err)
 	}
