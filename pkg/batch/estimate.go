@@ -17,7 +17,7 @@ func PassRows(ctx context.Context, db DB, t *tokentable.Table) (int64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
 	}
-	if est > ExactMaxRows {
+	if !readExactly(est, ExactMaxRows) {
 		return int64(est), nil
 	}
 	var n int64

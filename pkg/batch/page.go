@@ -240,9 +240,7 @@ func (e *Engine) rotate(ctx context.Context, w *pageWork) error {
 	rows := w.rows
 	res := make([]result, len(rows))
 	w.results = res
-	envs := make([]*envelope.Envelope, len(rows))
-	groups := map[string][]int{} // wrapped data key → rows sharing it
-	var order []string
+	envs := make([]*envelope.Envelope, len(rows)) // rows under OLD only
 	for i, r := range rows {
 		env, class := tokentable.ParseToken(r.Token)
 		if env == nil {
@@ -258,15 +256,11 @@ func (e *Engine) rotate(ctx context.Context, w *pageWork) error {
 			res[i] = result{outcome: outSkip}
 		case e.cfg.Old.ARN:
 			envs[i] = env
-			k := string(env.WDEK)
-			if _, ok := groups[k]; !ok {
-				order = append(order, k)
-			}
-			groups[k] = append(groups[k], i)
 		default:
 			res[i] = result{outcome: outOtherKey}
 		}
 	}
+	groups := envelope.GroupByWDEK(envs)
 	if len(groups) == 0 {
 		return nil
 	}
@@ -284,18 +278,17 @@ func (e *Engine) rotate(ctx context.Context, w *pageWork) error {
 	// engine's CPU on legacy data, one data key per row.)
 	g, gctx := errgroup.WithContext(ctx)
 	var next atomic.Int64
-	for range min(e.cfg.Workers, len(order)) {
+	for range min(e.cfg.Workers, len(groups)) {
 		g.Go(func() error {
 			for {
 				n := int(next.Add(1)) - 1
-				if n >= len(order) {
+				if n >= len(groups) {
 					return nil
 				}
 				if err := gctx.Err(); err != nil {
 					return err // a sibling failed (its error is the one Wait returns), or ctx ended
 				}
-				k := order[n]
-				kg := keyGroup{wdek: []byte(k), idx: groups[k]}
+				kg := groups[n]
 				var err error
 				if e.cfg.Mode == Rewrap {
 					err = e.rewrapGroup(gctx, w, envs, kg)
@@ -336,17 +329,14 @@ func (e *Engine) newSealer(ctx context.Context) (*envelope.Sealer, error) {
 
 // keyGroup is the rows of a page (indexes into pageWork.rows) that share
 // one wrapped data key under OLD.
-type keyGroup struct {
-	wdek []byte
-	idx  []int
-}
+type keyGroup = envelope.WDEKGroup
 
 // rekeyGroup unwraps one data key under OLD and re-seals every row that uses
 // it under the page's data key, checking each result opens again. envs are
 // the rows' parsed envelopes, by index into w.rows.
 func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
-	rows, res, sealer, idx := w.rows, w.results, w.sealer, g.idx
-	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, g.wdek, len(idx))
+	rows, res, sealer, idx := w.rows, w.results, w.sealer, g.Rows
+	dek, err := e.kms.DecryptRows(ctx, e.cfg.Old.ARN, g.WDEK, len(idx))
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}
@@ -393,8 +383,8 @@ func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.E
 // rewrapGroup has KMS move one wrapped data key from OLD to NEW and gives
 // every row that uses it the new kid and wdek; nonce and ciphertext stay.
 func (e *Engine) rewrapGroup(ctx context.Context, w *pageWork, envs []*envelope.Envelope, g keyGroup) error {
-	rows, res, idx := w.rows, w.results, g.idx
-	newWDEK, err := e.kms.ReEncrypt(ctx, g.wdek, e.cfg.Old.ARN, e.cfg.New.ARN)
+	rows, res, idx := w.rows, w.results, g.Rows
+	newWDEK, err := e.kms.ReEncrypt(ctx, g.WDEK, e.cfg.Old.ARN, e.cfg.New.ARN)
 	if errors.Is(err, kmsclient.ErrBadCiphertext) {
 		for _, i := range idx {
 			res[i] = result{outcome: outQuarantine, class: tokentable.ClassKMSRejected}

@@ -53,9 +53,7 @@ func cutRanges(ctx context.Context, db DB, t *tokentable.Table, c rangeCut) ([]c
 	if err != nil {
 		return nil, false, fmt.Errorf("read row estimate of %s: %w", t.Qualified(), err)
 	}
-	// reltuples is -1 before the table's first VACUUM or ANALYZE: a young
-	// table, cut exactly.
-	if estimate <= c.exactMax {
+	if readExactly(estimate, c.exactMax) {
 		b, err := rowRanges(ctx, db, t, n, c.pageRows)
 		return b, true, err
 	}
@@ -78,6 +76,14 @@ type RangePlan struct {
 func PlanRanges(ctx context.Context, db DB, t *tokentable.Table, n, pageRows int) (RangePlan, error) {
 	b, whole, err := cutRanges(ctx, db, t, rangeCut{n: n, pageRows: pageRows, exactMax: ExactMaxRows})
 	return RangePlan{Ranges: len(b), WholePages: whole}, err
+}
+
+// readExactly is the small-table rule shared by the range planner and
+// PassRows: a table whose estimate is at most exactMax rows is counted (and
+// cut) exactly; reltuples is -1 before the table's first VACUUM or ANALYZE,
+// a young table, read exactly too.
+func readExactly(estimate, exactMax float64) bool {
+	return estimate <= exactMax
 }
 
 // rowEstimate is the planner's row count of t (pg_class.reltuples): -1

@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
+	"reflect"
 	"strconv"
 	"strings"
 	"testing"
@@ -525,4 +526,18 @@ func encodings(s []byte) []string {
 		)
 	}
 	return out
+}
+
+// TestGroupByWDEK: envelopes sharing a wrapped key form one group, groups
+// in first-seen order, rows in order, nil envelopes left out.
+func TestGroupByWDEK(t *testing.T) {
+	a, b, c := &Envelope{WDEK: []byte("a")}, &Envelope{WDEK: []byte("b")}, &Envelope{WDEK: []byte("c")}
+	got := GroupByWDEK([]*Envelope{b, nil, a, b, c, nil, a, b})
+	want := []WDEKGroup{{[]byte("b"), []int{0, 3, 7}}, {[]byte("a"), []int{2, 6}}, {[]byte("c"), []int{4}}}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("GroupByWDEK = %v, want %v", got, want)
+	}
+	if g := GroupByWDEK([]*Envelope{nil, nil}); len(g) != 0 {
+		t.Errorf("GroupByWDEK of nils = %v, want none", g)
+	}
 }

@@ -283,21 +283,12 @@ func (v *verifier) openSample(ctx context.Context) error {
 // NEW, through the data-key cache) and authenticates every row's token with
 // its own AAD. Plaintexts and data keys are cleared at once.
 func (v *verifier) open(ctx context.Context, rows []tokentable.Row, envs []*envelope.Envelope) error {
-	groups := map[string][]int{}
-	var order []string
-	for i, e := range envs {
-		k := string(e.WDEK)
-		if _, ok := groups[k]; !ok {
-			order = append(order, k)
-		}
-		groups[k] = append(groups[k], i)
-	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(v.opt.Workers)
-	for _, k := range order {
-		idx := groups[k]
+	for _, kg := range envelope.GroupByWDEK(envs) {
+		idx := kg.Rows
 		g.Go(func() error {
-			dek, err := v.kc.DecryptRows(gctx, v.opt.New.ARN, []byte(k), len(idx))
+			dek, err := v.kc.DecryptRows(gctx, v.opt.New.ARN, kg.WDEK, len(idx))
 			if errors.Is(err, kmsclient.ErrBadCiphertext) {
 				for _, i := range idx {
 					v.fail(rows[i].ID, FailKMSRejected, "")
@@ -308,9 +299,13 @@ func (v *verifier) open(ctx context.Context, rows []tokentable.Row, envs []*enve
 				return err
 			}
 			defer dek.Zero()
+			opener, err := envelope.NewOpener(dek)
+			if err != nil {
+				return err
+			}
 			var ok int64
 			for _, i := range idx {
-				plain, err := envelope.Open(envs[i], dek, v.opt.Namespace, rows[i].ID)
+				plain, err := opener.Open(envs[i], v.opt.Namespace, rows[i].ID)
 				clear(plain)
 				if err != nil {
 					v.fail(rows[i].ID, string(tokentable.OpenClass(err)), "")
