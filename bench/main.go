@@ -35,6 +35,7 @@ import (
 // Scenario names, in their round-1 order.
 const (
 	scServer = "server-ceiling"
+	scLocked = "server-locked"
 	scPG     = "pg-ceiling"
 	scKMS    = "kms-ceiling"
 	scNaive  = "naive"
@@ -43,7 +44,7 @@ const (
 	scSecond = "second"
 )
 
-var allScenarios = []string{scServer, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond}
+var allScenarios = []string{scServer, scLocked, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond}
 
 type options struct {
 	rows        int

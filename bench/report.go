@@ -278,7 +278,7 @@ func (rep *report) ratiosAndTargets() {
 	addR("second vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(sec, pg))
 	addR("second vs naive", "rows/s / naive rows/s", div(sec, naive))
 	addR("rekey vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(rk, pg))
-	for _, sc := range []string{scPG, scNaive, scRekey, scRewrap, scSecond} {
+	for _, sc := range []string{scLocked, scPG, scNaive, scRekey, scRewrap, scSecond} {
 		addR(sc+" vs server-side ceiling", "rows/s / server-ceiling rows/s (scenario 0)", div(rep.get(sc), srv))
 	}
 
@@ -396,6 +396,7 @@ func commas(n int64) string {
 
 var titles = map[string]string{
 	scServer: "0 server-side ceiling",
+	scLocked: "0b server-side, row locks",
 	scPG:     "1 Postgres ceiling",
 	scKMS:    "2 KMS ceiling",
 	scNaive:  "3 naive baseline",
@@ -435,7 +436,7 @@ func (rep *report) print(w io.Writer) {
 			rows += " ops"
 		}
 		xs := "-"
-		if srv != nil && srv.RowsPerSec > 0 && sc != scKMS {
+		if srv != nil && srv.RowsPerSec > 0 && sc != scKMS && s.RowsPerSec > 0 {
 			xs = fmt.Sprintf("%.2f", s.RowsPerSec/srv.RowsPerSec)
 		}
 		fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", titles[sc], f0(s.RowsPerSec), xs, rows, kpr,

@@ -202,7 +202,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		tpl = b.tplSecond
 	case scPG:
 		tpl = b.tplFake
-	case scServer:
+	case scServer, scLocked:
 		if b.tplSecond != "" {
 			tpl = b.tplSecond
 		}
@@ -228,8 +228,8 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	var want expect
 	var run *engineRun
 	switch sc {
-	case scServer:
-		err = b.serverCeiling(ctx, dbURL, r)
+	case scServer, scLocked:
+		err = b.serverCeiling(ctx, dbURL, r, sc == scLocked)
 	case scPG:
 		run, err = b.runEngineInProcess(ctx, dbURL, old, nw, batch.Rekey, b.fake)
 		want = expect{under: map[string]int64{nw.ARN: n}, audit: n, kc: b.fakeKC}
@@ -305,7 +305,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	}
 	r.Stats = &st
 	verify := b.verify
-	if sc == scServer {
+	if sc == scServer || sc == scLocked {
 		verify = func(ctx context.Context, dbURL string, _ expect) ([]string, string) {
 			return b.checkServerCeiling(ctx, dbURL, r)
 		}
@@ -326,9 +326,9 @@ func (b *bench) checkKMS(r *Result) []string {
 	bad := func(format string, a ...any) { notes = append(notes, fmt.Sprintf(format, a...)) }
 	rows, pages := r.Rows, r.Pages
 	switch r.Scenario {
-	case scServer:
+	case scServer, scLocked:
 		if r.KMSTotal != 0 {
-			bad("server-ceiling made %d KMS requests, want 0", r.KMSTotal)
+			bad("%s made %d KMS requests, want 0", r.Scenario, r.KMSTotal)
 		}
 	case scPG:
 		if r.KMSTotal != 0 {

@@ -36,7 +36,7 @@ CREATE TABLE bench_ceiling.ranges (
 	done       boolean NOT NULL DEFAULT false,
 	updated_at timestamptz
 );
-CREATE PROCEDURE bench_ceiling.rotate_range(r int, page_size int, details jsonb)
+CREATE PROCEDURE bench_ceiling.rotate_range(r int, page_size int, details jsonb, lock_rows boolean)
 LANGUAGE plpgsql AS $$
 DECLARE
 	cur  uuid;
@@ -57,6 +57,9 @@ BEGIN
 		n := coalesce(array_length(ids, 1), 0);
 		EXIT WHEN n = 0;
 		PERFORM 1 FROM bench_ceiling.ranges WHERE range_no = r FOR UPDATE; -- the fence
+		IF lock_rows THEN -- the engine's id-ordered row locks (scenario 0b)
+			PERFORM 1 FROM payment_methods WHERE id = ANY(ids) ORDER BY id FOR UPDATE;
+		END IF;
 		WITH swapped AS (
 			UPDATE payment_methods AS t SET encrypted_token = v.new_token
 			FROM unnest(ids, olds, news) AS v(id, old_token, new_token)
@@ -77,8 +80,13 @@ BEGIN
 	COMMIT;
 END $$;`
 
-// serverCeiling runs scenario 0 on the copy at dbURL and fills r.
-func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result) error {
+// serverCeiling runs scenario 0 (or 0b, with lockRows) on the copy at
+// dbURL and fills r. Scenario 0b adds the one thing the engine's swap does
+// that the issue's ceiling does not: it locks the page's rows in id order
+// before updating them (so that a live API transaction locking rows in id
+// order waits for the page instead of deadlocking with it). The difference
+// between 0 and 0b is what that safety costs Postgres.
+func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result, lockRows bool) error {
 	sessions := b.cfg.RangeWorkers
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {
@@ -124,8 +132,8 @@ func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result) erro
 		// Simple protocol: a procedure may COMMIT only when CALLed outside
 		// any transaction, which the extended protocol's implicit one is not.
 		g.Go(func() error {
-			_, err := c.Exec(gctx, `CALL bench_ceiling.rotate_range($1, $2, $3)`, pgx.QueryExecModeSimpleProtocol,
-				i+1, b.cfg.BatchSize, string(details))
+			_, err := c.Exec(gctx, `CALL bench_ceiling.rotate_range($1, $2, $3, $4)`, pgx.QueryExecModeSimpleProtocol,
+				i+1, b.cfg.BatchSize, string(details), lockRows)
 			return err
 		})
 	}
