@@ -195,8 +195,18 @@ func (b *bench) subprocessEnv(dbURL, oldARN, newARN, mode string) []string {
 // runEngine runs the real binary, `reencrypt run`, to the end. onStart, if
 // set, is called with the child's pid once it runs.
 func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode string, onStart func(pid int)) (*engineRun, error) {
+	return b.runBinary(ctx, b.bin, engineArgs{dbURL, oldARN, newARN, mode}, onStart)
+}
+
+// engineArgs are what a `reencrypt run` is told besides the shared settings.
+type engineArgs struct{ dbURL, oldARN, newARN, mode string }
+
+// runBinary is runEngine with the binary at bin (-bin-b: a second build
+// compared side by side in the same rounds).
+func (b *bench) runBinary(ctx context.Context, bin string, a engineArgs, onStart func(pid int)) (*engineRun, error) {
+	dbURL, oldARN, newARN, mode := a.dbURL, a.oldARN, a.newARN, a.mode
 	r := &engineRun{}
-	cmd := exec.CommandContext(ctx, b.bin, "run")
+	cmd := exec.CommandContext(ctx, bin, "run")
 	cmd.Env = b.subprocessEnv(dbURL, oldARN, newARN, mode)
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
@@ -207,7 +217,7 @@ func (b *bench) runEngine(ctx context.Context, dbURL, oldARN, newARN, mode strin
 	cmd.WaitDelay = 5 * time.Second
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", b.bin, err)
+		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
 	if onStart != nil {
 		onStart(cmd.Process.Pid)

@@ -42,9 +42,12 @@ const (
 	scRekey  = "rekey"
 	scRewrap = "rewrap"
 	scSecond = "second"
+	// scSecondB is the second rotation by the -bin-b build, in the same
+	// rounds: an A/B of two engine builds measured side by side.
+	scSecondB = "second-b"
 )
 
-var allScenarios = []string{scServer, scLocked, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond}
+var allScenarios = []string{scServer, scLocked, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond, scSecondB}
 
 type options struct {
 	rows        int
@@ -62,6 +65,7 @@ type options struct {
 	kmsOps      int
 	verify      string // "auto", "full", "sample"
 	bin         string
+	binB        string
 	keys        []string
 	keep        bool
 	cpuProfile  string
@@ -144,6 +148,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.kmsOps, "kms-ops", 60_000, "operations per kind the KMS ceiling times per round (0 = one per row)")
 	fs.StringVar(&o.verify, "verify", "auto", "correctness check after each run: full (open every token), sample (kid of every row, open 500), auto (full with -smoke)")
 	fs.StringVar(&o.bin, "bin", "", "prebuilt reencrypt binary (default: go build ./cmd/reencrypt once)")
+	fs.StringVar(&o.binB, "bin-b", "", "a second prebuilt reencrypt binary: adds scenario second-b, the second rotation by this build, in the same rounds (A/B)")
 	keys := fs.String("keys", "", "existing keys OLD,NEW,NEW2 to use instead of creating three (real AWS)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the databases and servers' temp dirs (debugging)")
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "profile mode: run the rekey engine in-process once on a fresh copy and write a CPU profile here (no table)")
@@ -189,7 +194,14 @@ func parseFlags(args []string) (*options, error) {
 			}
 		}
 	} else {
-		o.only = append(o.only, allScenarios...)
+		for _, s := range allScenarios {
+			if s != scSecondB || o.binB != "" {
+				o.only = append(o.only, s)
+			}
+		}
+	}
+	if contains(o.only, scSecondB) != (o.binB != "") {
+		return nil, fmt.Errorf("scenario %s and -bin-b go together", scSecondB)
 	}
 	// Keep the canonical order whatever order -only listed them in.
 	var ordered []string

@@ -276,9 +276,10 @@ func (rep *report) ratiosAndTargets() {
 	addR("rekey vs naive", "rows/s / naive rows/s", div(rk, naive))
 	addR("rewrap vs naive", "rows/s / naive rows/s", div(rw, naive))
 	addR("second vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(sec, pg))
+	addR("second-b vs second", "rows/s of the -bin-b build / rows/s of -bin, same rounds", div(rep.get(scSecondB), sec))
 	addR("second vs naive", "rows/s / naive rows/s", div(sec, naive))
 	addR("rekey vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(rk, pg))
-	for _, sc := range []string{scLocked, scPG, scNaive, scRekey, scRewrap, scSecond} {
+	for _, sc := range []string{scLocked, scPG, scNaive, scRekey, scRewrap, scSecond, scSecondB} {
 		addR(sc+" vs server-side ceiling", "rows/s / server-ceiling rows/s (scenario 0)", div(rep.get(sc), srv))
 	}
 
@@ -395,14 +396,15 @@ func commas(n int64) string {
 }
 
 var titles = map[string]string{
-	scServer: "0 server-side ceiling",
-	scLocked: "0b server-side, row locks",
-	scPG:     "1 Postgres ceiling",
-	scKMS:    "2 KMS ceiling",
-	scNaive:  "3 naive baseline",
-	scRekey:  "4 engine rekey",
-	scRewrap: "5 engine rewrap",
-	scSecond: "6 second rotation",
+	scServer:  "0 server-side ceiling",
+	scLocked:  "0b server-side, row locks",
+	scPG:      "1 Postgres ceiling",
+	scKMS:     "2 KMS ceiling",
+	scNaive:   "3 naive baseline",
+	scRekey:   "4 engine rekey",
+	scRewrap:  "5 engine rewrap",
+	scSecond:  "6 second rotation",
+	scSecondB: "6b second, -bin-b",
 }
 
 func (rep *report) print(w io.Writer) {

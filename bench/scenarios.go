@@ -198,12 +198,12 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	}
 	tpl := b.tplLegacy
 	switch sc {
-	case scSecond:
+	case scSecond, scSecondB:
 		tpl = b.tplSecond
 	case scPG:
 		tpl = b.tplFake
 	case scServer, scLocked:
-		if b.tplSecond != "" {
+		if b.tplSecond != "" { // the second rotation's data
 			tpl = b.tplSecond
 		}
 	}
@@ -248,6 +248,9 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		want = expect{under: map[string]int64{nw.ARN: n}, audit: n}
 	case scSecond:
 		run, err = b.runEngine(ctx, dbURL, nw.ARN, nw2.ARN, "rekey", nil)
+		want = expect{under: map[string]int64{nw2.ARN: n}, audit: n}
+	case scSecondB:
+		run, err = b.runBinary(ctx, b.o.binB, engineArgs{dbURL, nw.ARN, nw2.ARN, "rekey"}, nil)
 		want = expect{under: map[string]int64{nw2.ARN: n}, audit: n}
 	}
 	if err != nil {
@@ -346,7 +349,7 @@ func (b *bench) checkKMS(r *Result) []string {
 		if k["ReEncrypt"] != rows+1 || k["Decrypt"] > 1 || k["GenerateDataKey"] > 1 {
 			bad("rewrap: %v for %d rows, want ReEncrypt = rows + 1 (the preflight's NAMESPACE check), Decrypt <= 1, GenerateDataKey <= 1", k, rows)
 		}
-	case scSecond: // one Decrypt and one GenerateDataKey per page, every page full
+	case scSecond, scSecondB: // one Decrypt and one GenerateDataKey per page, every page full
 		// Ranges are cut at row positions in whole pages, so the first
 		// rotation filled every page with one data key and this one's pages
 		// line up with them.

@@ -386,7 +386,7 @@ func (b *bench) seedTemplates(ctx context.Context) error {
 	// 2. What a rekey produces (one data key per page, under NEW): made by
 	// running the engine once on a copy, then tidied so that it starts
 	// like the legacy template: no audit rows, no bookkeeping, no bloat.
-	if b.needs(scSecond) {
+	if b.needs(scSecond) || b.needs(scSecondB) {
 		b.tplSecond = b.dbName("tpl_second")
 		u, err := b.createDB(ctx, b.tplSecond, b.tplLegacy)
 		if err != nil {

@@ -539,23 +539,17 @@ func (e *Engine) queueSwap(b *pgx.Batch, swaps []swap, swapped *int64, conflicts
 		ids[i], olds[i], news[i] = s.id, s.old, s.new
 	}
 	b.Queue(e.sql.swap, ids, olds, news, e.details).Query(func(rows pgx.Rows) error {
-		got := make(map[string]struct{}, len(ids))
 		for rows.Next() {
 			var id string
 			if err := rows.Scan(&id); err != nil {
 				return fmt.Errorf("swap tokens: %w", err)
 			}
-			got[id] = struct{}{}
+			*conflicts = append(*conflicts, id)
 		}
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("swap tokens: %w", err)
 		}
-		for _, id := range ids {
-			if _, ok := got[id]; !ok {
-				*conflicts = append(*conflicts, id)
-			}
-		}
-		*swapped = int64(len(got))
+		*swapped = int64(len(ids) - len(*conflicts))
 		return nil
 	})
 }

@@ -19,6 +19,9 @@ func newStatements(t *tokentable.Table) statements {
 	return statements{
 		// The WHERE compares the token with the one we read: a row the live
 		// API rewrote meanwhile is not overwritten; it is re-read instead.
+		// The statement returns the ids that were not swapped (changed or
+		// deleted meanwhile): usually none, so a page's 1,000 swapped ids
+		// do not travel back.
 		// The page's rows are first locked in id order ("locked", run whole
 		// before the UPDATE by the scalar subquery, an InitPlan), whatever
 		// the input's order or the join's plan: a multi-row API transaction
@@ -40,7 +43,8 @@ func newStatements(t *tokentable.Table) statements {
 				INSERT INTO %[4]s (%[5]s, action, actor_type, details)
 				SELECT %[2]s, '%[7]s', '%[8]s', $4::jsonb FROM swapped
 			)
-			SELECT %[2]s::text FROM swapped`,
+			SELECT v.id FROM unnest($1::text[]) AS v(id)
+			WHERE v.id::%[6]s NOT IN (SELECT %[2]s FROM swapped)`,
 			t.QuotedName(), t.QuotedID(), t.QuotedToken(), t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
 			tokentable.ActionReencrypted, tokentable.ActorSystem),
 		auditFailed: fmt.Sprintf(`
