@@ -474,10 +474,16 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 	e.queueLockKey(b)
 	var conflicts []string
 	if len(plan.swaps) > 0 {
-		e.queueSwap(b, plan.swaps, &c.Rotated, &conflicts)
+		e.queueSwap(b, plan.swaps, &c.Rotated)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
 		return c, nil, err
+	}
+	if int(c.Rotated) < len(plan.swaps) {
+		var err error
+		if conflicts, err = e.swapConflicts(ctx, tx, plan.swaps); err != nil {
+			return c, nil, err
+		}
 	}
 	if len(bad) > 0 {
 		fresh, err := e.store.Quarantine(ctx, tx, e.run, bad)
@@ -529,29 +535,45 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 
 // queueSwap queues the compare-and-swap of each row's token, with an audit
 // row for each swapped one; once the batch has run, *swapped is how many
-// were swapped and *conflicts the ids of those whose token the live API
-// changed meanwhile (not swapped).
-func (e *Engine) queueSwap(b *pgx.Batch, swaps []swap, swapped *int64, conflicts *[]string) {
+// were swapped.
+func (e *Engine) queueSwap(b *pgx.Batch, swaps []swap, swapped *int64) {
 	ids := make([]string, len(swaps))
 	olds := make([][]byte, len(swaps))
 	news := make([][]byte, len(swaps))
 	for i, s := range swaps {
 		ids[i], olds[i], news[i] = s.id, s.old, s.new
 	}
-	b.Queue(e.sql.swap, ids, olds, news, e.details).Query(func(rows pgx.Rows) error {
-		for rows.Next() {
-			var id string
-			if err := rows.Scan(&id); err != nil {
-				return fmt.Errorf("swap tokens: %w", err)
-			}
-			*conflicts = append(*conflicts, id)
-		}
-		if err := rows.Err(); err != nil {
+	b.Queue(e.sql.swap, ids, olds, news, e.details).QueryRow(func(row pgx.Row) error {
+		if err := row.Scan(swapped); err != nil {
 			return fmt.Errorf("swap tokens: %w", err)
 		}
-		*swapped = int64(len(ids) - len(*conflicts))
 		return nil
 	})
+}
+
+// swapConflicts returns the ids of the rows the swap left alone, the live
+// API having changed (or deleted) them since the page read them: read again
+// inside the page's transaction, their token is not the one the page wrote.
+func (e *Engine) swapConflicts(ctx context.Context, tx pgx.Tx, swaps []swap) ([]string, error) {
+	ids := make([]string, len(swaps))
+	for i, s := range swaps {
+		ids[i] = s.id
+	}
+	now, err := tokentable.ReadIDs(ctx, tx, e.cfg.Table, ids)
+	if err != nil {
+		return nil, fmt.Errorf("read the rows the swap left: %w", err)
+	}
+	current := make(map[string][]byte, len(now))
+	for _, r := range now {
+		current[r.ID] = r.Token
+	}
+	var conflicts []string
+	for _, s := range swaps {
+		if tok, ok := current[s.id]; !ok || !bytes.Equal(tok, s.new) {
+			conflicts = append(conflicts, s.id)
+		}
+	}
+	return conflicts, nil
 }
 
 // advanceOnly moves the checkpoint when nothing else is left to write. Its

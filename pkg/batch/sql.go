@@ -19,9 +19,10 @@ func newStatements(t *tokentable.Table) statements {
 	return statements{
 		// The WHERE compares the token with the one we read: a row the live
 		// API rewrote meanwhile is not overwritten; it is re-read instead.
-		// The statement returns the ids that were not swapped (changed or
-		// deleted meanwhile): usually none, so a page's 1,000 swapped ids
-		// do not travel back.
+		// The statement returns how many rows it swapped: usually all of
+		// them, and a page's 1,000 swapped ids need not travel back; when
+		// some were not (changed or deleted meanwhile), the page finds which
+		// by reading them again in its transaction (swapConflicts).
 		// The page's rows are first locked in id order ("locked", run whole
 		// before the UPDATE by the scalar subquery, an InitPlan), whatever
 		// the input's order or the join's plan: a multi-row API transaction
@@ -43,8 +44,7 @@ func newStatements(t *tokentable.Table) statements {
 				INSERT INTO %[4]s (%[5]s, action, actor_type, details)
 				SELECT %[2]s, '%[7]s', '%[8]s', $4::jsonb FROM swapped
 			)
-			SELECT v.id FROM unnest($1::text[]) AS v(id)
-			WHERE v.id::%[6]s NOT IN (SELECT %[2]s FROM swapped)`,
+			SELECT count(*) FROM swapped`,
 			t.QuotedName(), t.QuotedID(), t.QuotedToken(), t.QuotedAudit(), t.QuotedAuditID(), t.IDType,
 			tokentable.ActionReencrypted, tokentable.ActorSystem),
 		auditFailed: fmt.Sprintf(`
