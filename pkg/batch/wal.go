@@ -67,14 +67,8 @@ func SampleWAL(ctx context.Context, db DB, t *tokentable.Table, rows int, lockTi
 	if err := tx.QueryRow(ctx, position).Scan(&before); err != nil {
 		return s, fmt.Errorf("sample WAL: %w", err)
 	}
-	swapped, err := tx.Query(ctx, newStatements(t).swap, ids, tokens, tokens, details)
-	if err != nil {
-		return s, fmt.Errorf("sample WAL: swap: %w", err)
-	}
-	for swapped.Next() {
-		s.Rows++
-	}
-	if err := swapped.Err(); err != nil {
+	// The swap statement answers with the number of rows it swapped.
+	if err := tx.QueryRow(ctx, newStatements(t).swap, ids, tokens, tokens, details).Scan(&s.Rows); err != nil {
 		return WALSample{}, fmt.Errorf("sample WAL: swap: %w", err)
 	}
 	if err := tx.QueryRow(ctx, position).Scan(&after); err != nil {
