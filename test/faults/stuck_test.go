@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -76,6 +77,7 @@ func TestFrozenInsidePage(t *testing.T) {
 	figure(t, scen, "token rows A holds locked while frozen", "1..200 (a page of 100 per range worker, RANGE_WORKERS=2)",
 		fmt.Sprintf("%d (sessions idle in transaction: %d)", len(locked), idle), len(locked) >= 1 && len(locked) <= 200)
 	if len(locked) == 0 {
+		t.Logf("A's sessions when nothing was locked: %s", sessionStates(t, w))
 		t.FailNow()
 	}
 
@@ -135,6 +137,19 @@ func lockedRows(t *testing.T, w *world) []string {
 }
 
 var errRollback = errors.New("rollback")
+
+// sessionStates lists the engine's sessions (state, wait, query), to tell
+// why a frozen pod holds no locks.
+func sessionStates(t *testing.T, w *world) string {
+	t.Helper()
+	var states []string
+	if err := w.DB.QueryRow(context.Background(), `
+		SELECT coalesce(array_agg(format('%s/%s/%s', state, coalesce(wait_event, '-'), left(regexp_replace(query, '\s+', ' ', 'g'), 60))), '{}')
+		FROM pg_stat_activity WHERE application_name = 'reencrypt' AND datname = current_database()`).Scan(&states); err != nil {
+		return err.Error()
+	}
+	return strings.Join(states, "; ")
+}
 
 func errOr(err error, ok string) string {
 	if err != nil {
