@@ -127,25 +127,6 @@ type Engine struct {
 	mu    sync.Mutex
 	total checkpoint.Counts // what this process did
 	pages int64
-	// rangeEnded is closed (and replaced) whenever one of this process's
-	// range workers ends a range: workers waiting for the pass to complete
-	// look again at once instead of at their next poll.
-	rangeEnded chan struct{}
-}
-
-// rangeEndedSignal is the channel the next range end closes.
-func (e *Engine) rangeEndedSignal() <-chan struct{} {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.rangeEnded
-}
-
-// signalRangeEnded wakes the workers waiting in claimLoop.
-func (e *Engine) signalRangeEnded() {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	close(e.rangeEnded)
-	e.rangeEnded = make(chan struct{})
 }
 
 // Deps are what an engine works with, as opposed to Config, what it does.
@@ -168,7 +149,7 @@ func New(cfg Config, d Deps) (*Engine, error) {
 		m = metrics.New(nil)
 	}
 	return &Engine{cfg: cfg, db: d.DB, store: d.Store, kms: d.KMS, kids: kmsclient.NewKidResolver(d.KMS.API()), log: d.Log, metrics: m, sql: newStatements(cfg.Table),
-		jitter: rand.Int64N, rangeEnded: make(chan struct{})}, nil
+		jitter: rand.Int64N}, nil
 }
 
 // Spec is the run this engine works on.
@@ -321,9 +302,6 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 			return err
 		}
 		if lease == nil {
-			// Taken before the status is read: a range that ends after the
-			// read wakes this wait.
-			ended := e.rangeEndedSignal()
 			var st checkpoint.PassStatus
 			err := e.retry(ctx, "read pass status", log, func() error {
 				var err error
@@ -342,12 +320,9 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 			if st.Complete() {
 				return nil
 			}
-			// The last ranges are being worked: by this process (a range
-			// end wakes the wait) or by others (the poll finds it).
 			select {
 			case <-ctx.Done():
 				return ErrInterrupted
-			case <-ended:
 			case <-time.After(poll):
 			}
 			continue
@@ -355,7 +330,6 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 		rlog := log.With("range", lease.Range, "lease_token", lease.Token)
 		rlog.Info("range claimed", "lower", deref(lease.Bounds.Lower), "upper", deref(lease.Bounds.Upper), "cursor", deref(lease.Cursor))
 		err = e.workRange(ctx, lease, rlog)
-		e.signalRangeEnded()
 		switch {
 		case err == nil:
 			rlog.Info("range finished")
