@@ -392,20 +392,31 @@ type Observer func(operation, result string, took time.Duration)
 func attemptMiddleware(budget *Budget, observe Observer) func(*middleware.Stack) error {
 	return func(stack *middleware.Stack) error {
 		return stack.Finalize.Add(middleware.FinalizeMiddlewareFunc("reencryptAttempt",
-			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (middleware.FinalizeOutput, middleware.Metadata, error) {
-				if err := budget.Wait(ctx); err != nil {
-					return middleware.FinalizeOutput{}, middleware.Metadata{}, err
-				}
-				start := time.Now()
-				out, md, err := next.HandleFinalize(ctx, in)
-				result := resultOf(err)
-				budget.observe(result == "throttled")
-				if observe != nil {
-					observe(awsmiddleware.GetOperationName(ctx), result, time.Since(start))
-				}
+			func(ctx context.Context, in middleware.FinalizeInput, next middleware.FinalizeHandler) (out middleware.FinalizeOutput, md middleware.Metadata, err error) {
+				err = observeAttempt(ctx, budget, observe, awsmiddleware.GetOperationName(ctx), func() error {
+					out, md, err = next.HandleFinalize(ctx, in)
+					return err
+				})
 				return out, md, err
 			}), middleware.After)
 	}
+}
+
+// observeAttempt is one HTTP attempt of operation op, in the SDK's stack or
+// the direct path: it waits for the budget, runs send, and tells the budget
+// and the observer how it went.
+func observeAttempt(ctx context.Context, budget *Budget, observe Observer, op string, send func() error) error {
+	if err := budget.Wait(ctx); err != nil {
+		return err
+	}
+	start := time.Now()
+	err := send()
+	result := resultOf(err)
+	budget.observe(result == "throttled")
+	if observe != nil {
+		observe(op, result, time.Since(start))
+	}
+	return err
 }
 
 func resultOf(err error) string {

@@ -50,6 +50,9 @@ type Options struct {
 	MaxConns int
 	// Timeout bounds one HTTP attempt (default 15s).
 	Timeout time.Duration
+	// SDKOnly sends every call through the SDK's middleware stack, the
+	// per-row calls too (see directKMS; KMS_DIRECT=false).
+	SDKOnly bool
 }
 
 const (
@@ -61,8 +64,10 @@ const (
 
 // New builds a KMS client from the SDK's default configuration chain, so
 // AWS_REGION, AWS_ENDPOINT_URL_KMS, AWS_PROFILE, web identity (IRSA) and the
-// usual credential variables work as in every other AWS tool.
-func New(ctx context.Context, opts Options) (*kms.Client, error) {
+// usual credential variables work as in every other AWS tool. Unless
+// opts.SDKOnly, Decrypt, GenerateDataKey and ReEncrypt take the direct path
+// (directKMS) with the same configuration.
+func New(ctx context.Context, opts Options) (KMS, error) {
 	maxAttempts := opts.MaxAttempts
 	if maxAttempts <= 0 {
 		maxAttempts = defaultMaxAttempts
@@ -96,9 +101,17 @@ func New(ctx context.Context, opts Options) (*kms.Client, error) {
 	if cfg.Region == "" {
 		return nil, fmt.Errorf("no AWS region: set AWS_REGION (or AWS_DEFAULT_REGION, or a profile with a region)")
 	}
-	return kms.NewFromConfig(cfg, func(o *kms.Options) {
+	sdk := kms.NewFromConfig(cfg, func(o *kms.Options) {
 		o.APIOptions = append(o.APIOptions, attemptMiddleware(opts.Budget, opts.Observe))
-	}), nil
+	})
+	if opts.SDKOnly {
+		return sdk, nil
+	}
+	direct, err := newDirect(ctx, sdk, opts)
+	if err != nil {
+		return nil, fmt.Errorf("kms client: %w (KMS_DIRECT=false sends every call through the SDK)", err)
+	}
+	return direct, nil
 }
 
 // newRetryer is the SDK's standard retryer without its client-side retry

@@ -23,7 +23,7 @@ import (
 
 // newSDKClient builds a client the way production does (kmsclient.New reads
 // the default chain), pointed at endpoint through AWS_ENDPOINT_URL_KMS.
-func newSDKClient(t *testing.T, k *testbed.KMSServer, endpoint string, opts kmsclient.Options) *kms.Client {
+func newSDKClient(t *testing.T, k *testbed.KMSServer, endpoint string, opts kmsclient.Options) kmsclient.KMS {
 	t.Helper()
 	for _, kv := range k.Env() {
 		name, val, _ := strings.Cut(kv, "=")
@@ -162,7 +162,11 @@ func TestDisabledKeyIsUnusable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := api.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(key.ARN)}); err != nil {
+	admin, err := k.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.DisableKey(ctx, &kms.DisableKeyInput{KeyId: aws.String(key.ARN)}); err != nil {
 		t.Fatal(err)
 	}
 	for name, call := range map[string]func() error{
@@ -204,7 +208,7 @@ func TestThrottlingWithManyCallers(t *testing.T) {
 	// 20 attempts make a call fail at 50 % throttling with p = 2^-20, so the
 	// test is not flaky; what it shows is that nothing fails on the quota.
 	// The SDK default: standard retryer, 3 attempts, token-bucket quota.
-	sdkDefault := kms.New(ours.Options(), func(o *kms.Options) {
+	sdkDefault := kms.New(ours.(interface{ Options() kms.Options }).Options(), func(o *kms.Options) {
 		o.Retryer = retry.NewStandard(func(so *retry.StandardOptions) { so.MaxBackoff = 200 * time.Millisecond })
 	})
 
@@ -241,9 +245,12 @@ func TestThrottlingWithManyCallers(t *testing.T) {
 	if dFail == 0 {
 		t.Fatalf("the SDK default retryer had no failure at 50%% throttling: the fault proxy is not throttling, so this test proves nothing")
 	}
-	oFail, oQuota := run(ours)
-	if oFail != 0 || oQuota != 0 {
-		t.Fatalf("kmsclient: %d of 640 calls failed (%d for the retry quota), want 0", oFail, oQuota)
+	sdkOnly := newSDKClient(t, k, proxy.Endpoint(), kmsclient.Options{MaxAttempts: 20, MaxBackoff: 200 * time.Millisecond, SDKOnly: true})
+	for name, api := range map[string]kmsclient.KMS{"direct path": ours, "SDK path": sdkOnly} {
+		oFail, oQuota := run(api)
+		if oFail != 0 || oQuota != 0 {
+			t.Errorf("kmsclient, %s: %d of 640 calls failed (%d for the retry quota), want 0", name, oFail, oQuota)
+		}
 	}
 }
 

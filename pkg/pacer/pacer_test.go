@@ -306,7 +306,7 @@ func TestPodsShareTheKMSBudget(t *testing.T) {
 	defer func() { stop(); wg.Wait() }()
 	type member struct {
 		budget *kmsclient.Budget
-		api    *kms.Client
+		api    kmsclient.KMS
 	}
 	join := func(owner string) member {
 		budget := kmsclient.NewBudget(limit, 1) // the pacer splits it by live pods
