@@ -288,7 +288,7 @@ func (b *bench) runEngineInProcess(ctx context.Context, dbURL string, oldK, newK
 
 	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
 	if api == nil {
-		if api, err = kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget}); err != nil {
+		if api, err = kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget, SDKOnly: !cfg.KMSDirect}); err != nil {
 			return nil, err
 		}
 	}

@@ -384,7 +384,7 @@ func (b *bench) naive(ctx context.Context, dbURL string, r *Result) error {
 	}
 	defer conn.Close(context.Background())
 	cfg := b.cfg
-	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)})
+	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount), SDKOnly: !cfg.KMSDirect})
 	if err != nil {
 		return err
 	}
@@ -476,7 +476,7 @@ func (b *bench) kmsCeiling(ctx context.Context, r *Result) error {
 		}
 	}
 	budget := kmsclient.NewBudget(cfg.KMSRateLimit, cfg.ShardCount)
-	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget, Observe: observe})
+	api, err := kmsclient.New(ctx, kmsclient.Options{MaxAttempts: cfg.KMSMaxAttempts, Budget: budget, Observe: observe, SDKOnly: !cfg.KMSDirect})
 	if err != nil {
 		return err
 	}

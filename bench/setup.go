@@ -34,7 +34,7 @@ const namespace = "payment_methods"
 // tunables are the engine variables the bench passes through from its own
 // environment (to the subprocess and to the in-process scenarios alike).
 // BATCH_SIZE and KMS_RATE_LIMIT come from -batch and -kms-budget instead.
-var tunables = []string{"KMS_CONCURRENCY", "KMS_MAX_ATTEMPTS", "DEK_CACHE_SIZE", "DEK_CACHE_TTL", "GOGC", "GOMEMLIMIT",
+var tunables = []string{"KMS_CONCURRENCY", "KMS_MAX_ATTEMPTS", "KMS_DIRECT", "DEK_CACHE_SIZE", "DEK_CACHE_TTL", "GOGC", "GOMEMLIMIT",
 	"RANGES", "RANGE_WORKERS", "LEASE_TTL", "PAGE_TIMEOUT", "STOP_GRACE"}
 
 // bench is one invocation's world: servers, keys, templates, the binary.

@@ -465,6 +465,7 @@ func (a *app) kms(ctx context.Context) (kmsclient.KMS, error) {
 		MaxAttempts: a.cfg.KMSMaxAttempts,
 		Budget:      a.budget,
 		Observe:     a.metrics.ObserveKMS,
+		SDKOnly:     !a.cfg.KMSDirect,
 	})
 	if err != nil {
 		return nil, configError("%v", err)
