@@ -17,20 +17,19 @@ const DataKeySize = 32
 type Client struct {
 	api   KMS
 	ns    string
+	ec    map[string]string // {"namespace": ns}, shared by every call and never written
 	cache *Cache
 }
 
 // NewClient returns a Client for namespace ns. cache may be nil (no caching).
 func NewClient(api KMS, ns string, cache *Cache) *Client {
-	return &Client{api: api, ns: ns, cache: cache}
+	return &Client{api: api, ns: ns, ec: map[string]string{"namespace": ns}, cache: cache}
 }
 
 // API is the underlying KMS interface.
 func (c *Client) API() KMS { return c.api }
 
-func (c *Client) encryptionContext() map[string]string {
-	return map[string]string{"namespace": c.ns}
-}
+func (c *Client) encryptionContext() map[string]string { return c.ec }
 
 // GenerateDataKey returns a fresh data key under keyARN, in plaintext and
 // wrapped. The caller clears the plaintext.

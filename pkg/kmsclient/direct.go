@@ -46,13 +46,12 @@ type directKMS struct {
 	region      string
 	creds       aws.CredentialsProvider
 	signer      *v4.Signer
-	http        interface {
-		Do(*http.Request) (*http.Response, error)
-	}
-	retryer   aws.RetryerV2
-	budget    *Budget
-	observe   Observer
-	userAgent string
+	transport   http.RoundTripper // the SDK client's transport, without http.Client's per-request work
+	timeout     time.Duration     // per attempt, as http.Client.Timeout would
+	retryer     aws.RetryerV2
+	budget      *Budget
+	observe     Observer
+	userAgent   string
 }
 
 // jsonContentType is the AWS JSON 1.1 protocol's; KMS's target prefix is
@@ -69,8 +68,12 @@ func newDirect(ctx context.Context, sdk *kms.Client, opts Options) (*directKMS, 
 	if o.Credentials == nil {
 		return nil, errors.New("no credentials provider")
 	}
-	if o.EndpointResolverV2 == nil || o.HTTPClient == nil || o.Retryer == nil {
-		return nil, errors.New("SDK options without endpoint resolver, HTTP client or retryer")
+	if o.EndpointResolverV2 == nil || o.Retryer == nil {
+		return nil, errors.New("SDK options without endpoint resolver or retryer")
+	}
+	hc, ok := o.HTTPClient.(*awshttp.BuildableClient)
+	if !ok {
+		return nil, fmt.Errorf("HTTP client %T is not the SDK's BuildableClient", o.HTTPClient)
 	}
 	retryer, ok := o.Retryer.(aws.RetryerV2)
 	if !ok {
@@ -95,7 +98,8 @@ func newDirect(ctx context.Context, sdk *kms.Client, opts Options) (*directKMS, 
 		region:    o.Region,
 		creds:     o.Credentials,
 		signer:    v4.NewSigner(),
-		http:      o.HTTPClient,
+		transport: hc.GetTransport(), // a copy: the direct path has its own connections
+		timeout:   hc.GetTimeout(),
 		retryer:   retryer,
 		budget:    opts.Budget,
 		observe:   opts.Observe,
@@ -243,12 +247,30 @@ func (d *directKMS) call(ctx context.Context, op string, body, answer any) error
 	return &smithy.OperationError{ServiceID: kms.ServiceID, OperationName: op, Err: err}
 }
 
+// CloseIdleConnections closes the idle connections of both paths.
+func (d *directKMS) CloseIdleConnections() {
+	if t, ok := d.transport.(interface{ CloseIdleConnections() }); ok {
+		t.CloseIdleConnections()
+	}
+	if c, ok := d.Options().HTTPClient.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // bodyPool holds answer buffers; each is cleared before it goes back, since
 // a Decrypt or GenerateDataKey answer carries a plaintext data key.
 var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // attempt is one signed HTTP request and its answer.
-func (d *directKMS) attempt(ctx context.Context, op string, payload []byte, hash string, answer any) error {
+// A call cancelled by its caller is a *smithy.CanceledError, as in the SDK;
+// an attempt that runs out of its own timeout is a transport error, retried.
+func (d *directKMS) attempt(caller context.Context, op string, payload []byte, hash string, answer any) error {
+	ctx := caller
+	if d.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(caller, d.timeout)
+		defer cancel()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, d.endpoint, bytes.NewReader(payload))
 	if err != nil {
 		return &smithy.SerializationError{Err: err}
@@ -263,10 +285,10 @@ func (d *directKMS) attempt(ctx context.Context, op string, payload []byte, hash
 	if err := d.signer.SignHTTP(ctx, creds, req, hash, "kms", d.region, time.Now().UTC()); err != nil {
 		return fmt.Errorf("failed to sign request: %w", err)
 	}
-	resp, err := d.http.Do(req)
+	resp, err := d.transport.RoundTrip(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return &smithy.CanceledError{Err: ctx.Err()}
+		if caller.Err() != nil {
+			return &smithy.CanceledError{Err: caller.Err()}
 		}
 		return &smithyhttp.RequestSendError{Err: err}
 	}
@@ -278,8 +300,8 @@ func (d *directKMS) attempt(ctx context.Context, op string, payload []byte, hash
 		bodyPool.Put(buf)
 	}()
 	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponse)); err != nil {
-		if ctx.Err() != nil {
-			return &smithy.CanceledError{Err: ctx.Err()}
+		if caller.Err() != nil {
+			return &smithy.CanceledError{Err: caller.Err()}
 		}
 		return &smithyhttp.RequestSendError{Err: fmt.Errorf("read answer: %w", err)}
 	}

@@ -190,7 +190,8 @@ func TestDirectPathSignsLikeTheSDK(t *testing.T) {
 // Errors of the direct path are those of the SDK path: the same AWS code,
 // the same kmsclient class, and the same retry decisions, for a disabled
 // key, a wrong encryption context, a corrupt blob, a KMS that stays
-// throttled or fails, a dropped connection, and a cancelled call.
+// throttled or fails, a dropped connection, an answer that never comes, and
+// a cancelled call.
 func TestDirectPathErrorsMatchTheSDK(t *testing.T) {
 	k := testbed.LocalKMS(t)
 	proxy, err := kmsfault.Start(k.Endpoint())
@@ -199,7 +200,7 @@ func TestDirectPathErrorsMatchTheSDK(t *testing.T) {
 	}
 	defer proxy.Close()
 	ctx := context.Background()
-	opts := kmsclient.Options{MaxAttempts: 2, MaxBackoff: 5 * time.Millisecond}
+	opts := kmsclient.Options{MaxAttempts: 2, MaxBackoff: 5 * time.Millisecond, Timeout: 300 * time.Millisecond}
 	direct := newSDKClient(t, k, proxy.Endpoint(), opts)
 	opts.SDKOnly = true
 	sdk := newSDKClient(t, k, proxy.Endpoint(), opts)
@@ -259,6 +260,9 @@ func TestDirectPathErrorsMatchTheSDK(t *testing.T) {
 			func(c *kmsclient.Client) error { _, err := c.Decrypt(ctx, key.ARN, wdek); return err },
 			outcome{code: "KMSInternalException", unavailable: true}},
 		{"connection dropped", kmsfault.Faults{Reset: 1}, "payment_methods",
+			func(c *kmsclient.Client) error { _, err := c.Decrypt(ctx, key.ARN, wdek); return err },
+			outcome{unavailable: true}},
+		{"answer never comes (attempt timeout)", kmsfault.Faults{Hang: 1}, "payment_methods",
 			func(c *kmsclient.Client) error { _, err := c.Decrypt(ctx, key.ARN, wdek); return err },
 			outcome{unavailable: true}},
 		{"cancelled", kmsfault.Faults{}, "payment_methods",

@@ -15,6 +15,11 @@
 //     the cluster-wide rate.
 //   - Every call on a wrapped data key carries the encryption context
 //     {"namespace": ns}, and Decrypt pins KeyId to the key we expect.
+//   - The calls made per row (Decrypt, GenerateDataKey, ReEncrypt) skip the
+//     SDK's per-call middleware stack, which cost more CPU than everything
+//     else the engine does for a legacy row: directKMS signs and sends them
+//     itself with the SDK's signer, credentials, endpoint, HTTP client and
+//     retryer, and returns the SDK's error types (KMS_DIRECT=false: no).
 //
 // The data-key cache (Cache) holds a plaintext key only when it can pay off:
 // a key several rows of a page share, or one whose wrapped key comes back;

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -171,10 +170,8 @@ func TestKMSFaultsNoGoroutineLeak(t *testing.T) {
 		}
 		sum, err := eng.Run(ctx)
 		t.Logf("in-process run: %+v", sum.Process)
-		if sdk, ok := api.(interface{ Options() kms.Options }); ok {
-			if closer, ok := sdk.Options().HTTPClient.(interface{ CloseIdleConnections() }); ok {
-				closer.CloseIdleConnections()
-			}
+		if closer, ok := api.(interface{ CloseIdleConnections() }); ok {
+			closer.CloseIdleConnections()
 		}
 		return err
 	}()
