@@ -238,6 +238,9 @@ func (w *world) env(from, to string, extra []string) []string {
 		"DATABASE_URL="+w.dsn, "OLD_KEY_ID="+from, "NEW_KEY_ID="+to, "MODE=rewrap",
 		fmt.Sprintf("KMS_RATE_LIMIT=%g", w.o.quota), fmt.Sprintf("BATCH_SIZE=%d", w.o.batch),
 		"PROGRESS=off", "LOG_LEVEL=info", "LEASE_TTL=20s")
+	if v, ok := os.LookupEnv("KMS_DIRECT"); ok { // to compare the engine's two KMS paths
+		env = append(env, "KMS_DIRECT="+v)
+	}
 	return append(env, extra...)
 }
 
