@@ -34,6 +34,7 @@ type engineRun struct {
 	maxRSSKiB     int64         // ru_maxrss: includes this bench's RSS at fork (see runEngine)
 	hwmKiB        int64         // VmHWM of the engine's own address space: its peak RSS
 	cpu           time.Duration // user + system of the engine process
+	cpuSys        time.Duration // its system (kernel) share: on legacy data mostly the KMS requests' sends and receives
 	pageSeconds   []float64     // pages that held rows
 	phaseSeconds  [3][]float64  // read, rotate (KMS + AES), commit of those pages
 	pagesWithRows int64
@@ -259,6 +260,7 @@ func (b *bench) runBinary(ctx context.Context, bin string, a engineArgs, onStart
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		r.maxRSSKiB = ru.Maxrss // KiB on Linux
 		r.cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+		r.cpuSys = time.Duration(ru.Stime.Nano())
 	}
 	if ctx.Err() != nil {
 		return r, ctx.Err()

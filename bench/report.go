@@ -218,6 +218,8 @@ func (rep *report) finish() {
 			return r.CPU
 		}
 		s.CPUPerKRows["engine"] = perK(func(r *Result) float64 { return r.CPUEngine })
+		s.CPUPerKRows["engine_user"] = perK(func(r *Result) float64 { return r.CPUEngine - r.CPUEngineSys })
+		s.CPUPerKRows["engine_system"] = perK(func(r *Result) float64 { return r.CPUEngineSys })
 		s.CPUPerKRows["bench_process"] = perK(func(r *Result) float64 { return cpuOf(r).Bench })
 		s.CPUPerKRows["postgres"] = perK(func(r *Result) float64 { return cpuOf(r).Postgres })
 		s.CPUPerKRows["kms"] = perK(func(r *Result) float64 { return cpuOf(r).KMS })
@@ -467,7 +469,7 @@ func (rep *report) print(w io.Writer) {
 	}
 	fmt.Fprintf(bw, "\nCPU ms per 1,000 rows by process (KMS ceiling: per 1,000 Decrypts); CPU-bound limit = %d cores / total:\n", runtime.NumCPU())
 	tw = tabwriter.NewWriter(bw, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\t engine\t bench (proxy + in-process work)\t postgres\t local-kms\t total\t CPU-bound limit rows/s\t")
+	fmt.Fprintln(tw, "scenario\t engine\t (user / kernel)\t bench (proxy + in-process work)\t postgres\t local-kms\t total\t CPU-bound limit rows/s\t")
 	for _, sc := range allScenarios {
 		if s := rep.get(sc); s != nil {
 			c := s.CPUPerKRows
@@ -475,7 +477,11 @@ func (rep *report) print(w io.Writer) {
 			if c["total"] > 0 {
 				limit = float64(runtime.NumCPU()) * 1e6 / c["total"]
 			}
-			fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", titles[sc], f1(c["engine"]), f1(c["bench_process"]), f1(c["postgres"]), f1(c["kms"]), f1(c["total"]), f0(limit))
+			split := "-"
+			if c["engine"] > 0 {
+				split = f1(c["engine_user"]) + " / " + f1(c["engine_system"])
+			}
+			fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %s\t %s\t %s\t %s\t\n", titles[sc], f1(c["engine"]), split, f1(c["bench_process"]), f1(c["postgres"]), f1(c["kms"]), f1(c["total"]), f0(limit))
 		}
 	}
 	tw.Flush()

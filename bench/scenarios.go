@@ -57,6 +57,7 @@ type Result struct {
 	Stats           *tableStats        `json:"table_stats,omitempty"`        // n_dead_tup etc. after the run
 	CPU             cpuSnapshot        `json:"cpu_seconds"`                  // by process
 	CPUEngine       float64            `json:"cpu_seconds_engine"`           // the engine subprocess
+	CPUEngineSys    float64            `json:"cpu_seconds_engine_system"`    // its kernel share (system calls: the network, Postgres's socket)
 	ForeignCores    float64            `json:"foreign_cores"`                // other processes' CPU use during the scenario, in cores (noise)
 	IdleWait        float64            `json:"idle_wait_seconds,omitempty"`
 
@@ -265,7 +266,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 			r.PeakRSSMiB = float64(run.hwmKiB) / 1024
 		}
 		r.MaxRSSRusageMiB = float64(run.maxRSSKiB) / 1024
-		r.CPUEngine = run.cpu.Seconds()
+		r.CPUEngine, r.CPUEngineSys = run.cpu.Seconds(), run.cpuSys.Seconds()
 		ps := slices.Clone(run.pageSeconds)
 		sort.Float64s(ps)
 		r.PageP50Ms, r.PageP99Ms = quantile(ps, 0.50)*1000, quantile(ps, 0.99)*1000

@@ -14,19 +14,22 @@ import (
 
 // BenchmarkDecryptCPU measures this process's CPU per KMS Decrypt, the
 // client side of a legacy row, against local-kms in its own process, with
-// 32 calls in flight as a page's workers make them, through the direct path
-// and through the SDK's stack. ns/op is mostly the emulator's pace;
-// cpu-µs/op is what one call costs the engine.
+// 32 calls in flight as a page's workers make them: through the direct path
+// on its own connections, through the direct path over http.Transport (as
+// when a proxy applies), and through the SDK's stack. ns/op is mostly the
+// emulator's pace; cpu-µs/op is what one call costs the engine.
 func BenchmarkDecryptCPU(b *testing.B) {
 	for _, path := range []struct {
-		name    string
-		sdkOnly bool
-	}{{"direct", false}, {"sdk", true}} {
-		b.Run(path.name, func(b *testing.B) { benchmarkDecryptCPU(b, path.sdkOnly) })
+		name               string
+		sdkOnly, transport bool
+	}{{"direct", false, false}, {"direct-transport", false, true}, {"sdk", true, false}} {
+		b.Run(path.name, func(b *testing.B) { benchmarkDecryptCPU(b, path.sdkOnly, path.transport) })
 	}
 }
 
-func benchmarkDecryptCPU(b *testing.B, sdkOnly bool) {
+// benchmarkDecryptCPU: sdkOnly is KMS_DIRECT=false; transport sends the
+// direct path through http.Transport, as when a proxy applies.
+func benchmarkDecryptCPU(b *testing.B, sdkOnly, transport bool) {
 	k := testbed.LocalKMS(b)
 	for _, kv := range k.Env() {
 		name, val, _ := strings.Cut(kv, "=")
@@ -36,6 +39,9 @@ func benchmarkDecryptCPU(b *testing.B, sdkOnly bool) {
 	api, err := kmsclient.New(ctx, kmsclient.Options{SDKOnly: sdkOnly})
 	if err != nil {
 		b.Fatal(err)
+	}
+	if transport && !kmsclient.ThroughTransport(api) {
+		b.Fatal("not the direct path")
 	}
 	alias := "cpu-" + time.Now().Format("150405.000000")
 	if _, err := k.CreateKey(ctx, alias); err != nil {

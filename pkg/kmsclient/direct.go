@@ -47,6 +47,7 @@ type directKMS struct {
 	creds       aws.CredentialsProvider
 	signer      *v4.Signer
 	transport   http.RoundTripper // the SDK client's transport, without http.Client's per-request work
+	conns       *conns            // nil: requests go through transport (a proxy applies)
 	timeout     time.Duration     // per attempt, as http.Client.Timeout would
 	retryer     aws.RetryerV2
 	budget      *Budget
@@ -92,13 +93,19 @@ func newDirect(ctx context.Context, sdk *kms.Client, opts Options) (*directKMS, 
 	if u.Path == "" {
 		u.Path = "/"
 	}
+	transport := hc.GetTransport() // a copy: the direct path has its own connections
+	pool, err := newConns(u.String(), transport, max(transport.MaxIdleConnsPerHost, 1))
+	if err != nil {
+		return nil, err
+	}
 	return &directKMS{
 		Client:    sdk,
 		endpoint:  u.String(),
+		conns:     pool,
 		region:    o.Region,
 		creds:     o.Credentials,
 		signer:    v4.NewSigner(),
-		transport: hc.GetTransport(), // a copy: the direct path has its own connections
+		transport: transport,
 		timeout:   hc.GetTimeout(),
 		retryer:   retryer,
 		budget:    opts.Budget,
@@ -249,6 +256,9 @@ func (d *directKMS) call(ctx context.Context, op string, body, answer any) error
 
 // CloseIdleConnections closes the idle connections of both paths.
 func (d *directKMS) CloseIdleConnections() {
+	if d.conns != nil {
+		d.conns.closeIdle()
+	}
 	if t, ok := d.transport.(interface{ CloseIdleConnections() }); ok {
 		t.CloseIdleConnections()
 	}
@@ -285,25 +295,18 @@ func (d *directKMS) attempt(caller context.Context, op string, payload []byte, h
 	if err := d.signer.SignHTTP(ctx, creds, req, hash, "kms", d.region, time.Now().UTC()); err != nil {
 		return fmt.Errorf("failed to sign request: %w", err)
 	}
-	resp, err := d.transport.RoundTrip(req)
-	if err != nil {
-		if caller.Err() != nil {
-			return &smithy.CanceledError{Err: caller.Err()}
-		}
-		return &smithyhttp.RequestSendError{Err: err}
-	}
-	defer resp.Body.Close()
 	buf, _ := bodyPool.Get().(*bytes.Buffer)
 	defer func() {
 		clear(buf.Bytes()[:buf.Cap()])
 		buf.Reset()
 		bodyPool.Put(buf)
 	}()
-	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponse)); err != nil {
+	resp, err := d.send(ctx, req, buf)
+	if err != nil {
 		if caller.Err() != nil {
 			return &smithy.CanceledError{Err: caller.Err()}
 		}
-		return &smithyhttp.RequestSendError{Err: fmt.Errorf("read answer: %w", err)}
+		return &smithyhttp.RequestSendError{Err: err}
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return responseError(resp, buf.Bytes())
@@ -313,6 +316,23 @@ func (d *directKMS) attempt(caller context.Context, op string, payload []byte, h
 		return &smithy.DeserializationError{Err: errors.New("answer is not the expected JSON")}
 	}
 	return nil
+}
+
+// send sends req and reads its whole answer (at most maxResponse bytes)
+// into buf.
+func (d *directKMS) send(ctx context.Context, req *http.Request, buf *bytes.Buffer) (*http.Response, error) {
+	if d.conns != nil {
+		return d.conns.do(ctx, req, buf, maxResponse)
+	}
+	resp, err := d.transport.RoundTrip(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if _, err := buf.ReadFrom(io.LimitReader(resp.Body, maxResponse)); err != nil {
+		return nil, fmt.Errorf("read answer: %w", err)
+	}
+	return resp, nil
 }
 
 // responseError decodes an AWS JSON error answer the way the SDK does: the

@@ -8,12 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -305,5 +307,83 @@ func TestSDKOnlyIsTheSDKClient(t *testing.T) {
 	}
 	if _, ok := newSDKClient(t, k, "", kmsclient.Options{}).(*kms.Client); ok {
 		t.Error("default: got the SDK's *kms.Client, want the direct path")
+	}
+}
+
+// The direct path keeps its connections alive, and a connection the server
+// closed while it was idle costs no retry: the request goes again on a new
+// connection, as http.Transport does (the server here closes idle
+// connections after 30 ms; a stale connection sent through the retryer
+// would show as a second attempt). Both ways the direct path sends: its own
+// connections, and http.Transport when a proxy applies.
+func TestDirectPathConnections(t *testing.T) {
+	k := testbed.LocalKMS(t)
+	upstream, err := url.Parse(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opened atomic.Int64
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(upstream))
+	srv.Config.IdleTimeout = 30 * time.Millisecond
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	ctx := context.Background()
+
+	for _, through := range []string{"own connections", "http.Transport"} {
+		t.Run(through, func(t *testing.T) {
+			var attempts atomic.Int64
+			api := newSDKClient(t, k, srv.URL, kmsclient.Options{MaxAttempts: 3, Observe: func(op, result string, _ time.Duration) {
+				if op == "Decrypt" {
+					attempts.Add(1)
+				}
+			}})
+			if through == "http.Transport" && !kmsclient.ThroughTransport(api) {
+				t.Fatal("not the direct path")
+			}
+			key := newKey(t, k, api, "conns")
+			c := kmsclient.NewClient(api, "payment_methods", nil)
+			dek, wdek, err := c.GenerateDataKey(ctx, key.ARN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			dek.Zero()
+			decrypt := func() {
+				t.Helper()
+				d, err := c.Decrypt(ctx, key.ARN, wdek)
+				if err != nil {
+					t.Fatalf("Decrypt: %v", err)
+				}
+				d.Zero()
+			}
+
+			decrypt() // the connection the rest reuse
+			before := opened.Load()
+			const quick = 20
+			for range quick {
+				decrypt()
+			}
+			if n := opened.Load() - before; n != 0 {
+				t.Errorf("%d calls in a row opened %d connections, want 0 (kept alive)", quick, n)
+			}
+
+			attempts.Store(0)
+			before = opened.Load()
+			const afterIdle = 5
+			for range afterIdle {
+				time.Sleep(150 * time.Millisecond) // the server closes the idle connection
+				decrypt()
+			}
+			if n := opened.Load() - before; n < afterIdle {
+				t.Fatalf("%d calls after idle pauses opened %d connections: the server did not close idle ones, the test shows nothing", afterIdle, n)
+			}
+			if n := attempts.Load(); n != afterIdle {
+				t.Errorf("%d calls after idle pauses made %d attempts, want %d: a stale connection cost a retry", afterIdle, n, afterIdle)
+			}
+		})
 	}
 }

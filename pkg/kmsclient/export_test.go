@@ -11,3 +11,15 @@ func TokenBudget(n int) *Budget {
 	b.limiter = rate.NewLimiter(0, n)
 	return b
 }
+
+// ThroughTransport makes a direct-path api send through the SDK's
+// http.Transport instead of its own connections (as when a proxy applies),
+// so a test or benchmark can compare the two; it reports whether api is
+// the direct path.
+func ThroughTransport(api KMS) bool {
+	d, ok := api.(*directKMS)
+	if ok {
+		d.conns = nil
+	}
+	return ok
+}
