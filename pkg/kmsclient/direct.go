@@ -35,8 +35,10 @@ import (
 // about 90 µs for the same request through net/http alone: BenchmarkDecryptCPU).
 // The pieces that must be right are still the SDK's: the same credentials
 // chain, the SigV4 signer, the endpoint from the SDK's resolver (resolved
-// once), the HTTP client, the retryer, and errors of the SDK's own types, so
-// that retry and error classification cannot drift apart. What it does not do
+// once), the HTTP transport's settings (proxy, TLS), the retryer, and errors
+// of the SDK's own types, so that retry and error classification cannot
+// drift apart. Requests go on connections of its own (conns) unless a proxy
+// applies, then through a copy of the SDK's transport. What it does not do
 // that the SDK does: correct the signing time for a clock skew the server
 // reports (Kubernetes nodes run NTP), and send the SDK's per-attempt metrics
 // headers. KMS_DIRECT=false turns it off.
@@ -157,6 +159,42 @@ type (
 	}
 )
 
+// requestBody is one of the bodies above; appendJSON writes what
+// encoding/json would write for it (the field order of the struct).
+type requestBody interface {
+	appendJSON(buf []byte) []byte
+}
+
+func (b decryptBody) appendJSON(buf []byte) []byte {
+	j := jsonBody{b: append(buf, '{'), empty: true}
+	j.blob("CiphertextBlob", b.CiphertextBlob)
+	j.str("KeyId", b.KeyId, true)
+	j.strMap("EncryptionContext", b.EncryptionContext)
+	j.str("EncryptionAlgorithm", b.EncryptionAlgorithm, true)
+	return j.bytes()
+}
+
+func (b generateBody) appendJSON(buf []byte) []byte {
+	j := jsonBody{b: append(buf, '{'), empty: true}
+	j.str("KeyId", b.KeyId, false)
+	j.str("KeySpec", b.KeySpec, true)
+	j.int("NumberOfBytes", b.NumberOfBytes)
+	j.strMap("EncryptionContext", b.EncryptionContext)
+	return j.bytes()
+}
+
+func (b reEncryptBody) appendJSON(buf []byte) []byte {
+	j := jsonBody{b: append(buf, '{'), empty: true}
+	j.blob("CiphertextBlob", b.CiphertextBlob)
+	j.str("SourceKeyId", b.SourceKeyId, true)
+	j.str("DestinationKeyId", b.DestinationKeyId, false)
+	j.strMap("SourceEncryptionContext", b.SourceEncryptionContext)
+	j.strMap("DestinationEncryptionContext", b.DestinationEncryptionContext)
+	j.str("SourceEncryptionAlgorithm", b.SourceEncryptionAlgorithm, true)
+	j.str("DestinationEncryptionAlgorithm", b.DestinationEncryptionAlgorithm, true)
+	return j.bytes()
+}
+
 func (d *directKMS) Decrypt(ctx context.Context, in *kms.DecryptInput, optFns ...func(*kms.Options)) (*kms.DecryptOutput, error) {
 	if len(optFns) > 0 || in == nil || in.GrantTokens != nil || in.DryRun != nil || in.Recipient != nil {
 		return d.Client.Decrypt(ctx, in, optFns...)
@@ -214,14 +252,12 @@ func (d *directKMS) ReEncrypt(ctx context.Context, in *kms.ReEncryptInput, optFn
 // retried when the SDK's retryer says so, after its delay. The error is an
 // *smithy.OperationError around the SDK's own error types, as the SDK
 // would return it.
-func (d *directKMS) call(ctx context.Context, op string, body, answer any) error {
-	payload, err := json.Marshal(body)
-	if err != nil {
-		return &smithy.OperationError{ServiceID: kms.ServiceID, OperationName: op, Err: &smithy.SerializationError{Err: err}}
-	}
+func (d *directKMS) call(ctx context.Context, op string, body requestBody, answer any) error {
+	payload := body.appendJSON(make([]byte, 0, 512))
 	defer clear(payload) // it may hold a wrapped key; never a plaintext one
 	sum := sha256.Sum256(payload)
 	hash := hex.EncodeToString(sum[:])
+	var err error
 	attempt := 1
 	for ; ; attempt++ {
 		err = observeAttempt(ctx, d.budget, d.observe, op, func() error {
