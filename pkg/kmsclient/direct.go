@@ -252,7 +252,7 @@ func (d *directKMS) ReEncrypt(ctx context.Context, in *kms.ReEncryptInput, optFn
 // retried when the SDK's retryer says so, after its delay. The error is an
 // *smithy.OperationError around the SDK's own error types, as the SDK
 // would return it.
-func (d *directKMS) call(ctx context.Context, op string, body requestBody, answer any) error {
+func (d *directKMS) call(ctx context.Context, op string, body requestBody, answer answerFields) error {
 	payload := body.appendJSON(make([]byte, 0, 512))
 	defer clear(payload) // it may hold a wrapped key; never a plaintext one
 	sum := sha256.Sum256(payload)
@@ -310,7 +310,7 @@ var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // attempt is one signed HTTP request and its answer.
 // A call cancelled by its caller is a *smithy.CanceledError, as in the SDK;
 // an attempt that runs out of its own timeout is a transport error, retried.
-func (d *directKMS) attempt(caller context.Context, op string, payload []byte, hash string, answer any) error {
+func (d *directKMS) attempt(caller context.Context, op string, payload []byte, hash string, answer answerFields) error {
 	ctx := caller
 	if d.timeout > 0 {
 		var cancel context.CancelFunc
@@ -347,7 +347,7 @@ func (d *directKMS) attempt(caller context.Context, op string, payload []byte, h
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return responseError(resp, buf.Bytes())
 	}
-	if err := json.Unmarshal(buf.Bytes(), answer); err != nil {
+	if err := decodeAnswer(buf.Bytes(), answer); err != nil {
 		// never the body in the error: it may hold a plaintext key
 		return &smithy.DeserializationError{Err: errors.New("answer is not the expected JSON")}
 	}
