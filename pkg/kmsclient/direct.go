@@ -337,7 +337,7 @@ func (d *directKMS) attempt(caller context.Context, op string, payload []byte, h
 		buf.Reset()
 		bodyPool.Put(buf)
 	}()
-	resp, err := d.send(ctx, req, buf)
+	resp, err := d.send(ctx, req, buf) //nolint:bodyclose // send has read the body into buf and closed it
 	if err != nil {
 		if caller.Err() != nil {
 			return &smithy.CanceledError{Err: caller.Err()}
