@@ -311,11 +311,11 @@ func TestSDKOnlyIsTheSDKClient(t *testing.T) {
 }
 
 // The direct path keeps its connections alive, and a connection the server
-// closed while it was idle costs no retry: the request goes again on a new
-// connection, as http.Transport does (the server here closes idle
-// connections after 30 ms; a stale connection sent through the retryer
-// would show as a second attempt). Both ways the direct path sends: its own
-// connections, and http.Transport when a proxy applies.
+// closed while it was idle costs no retry: it is found closed before a
+// request goes on it, as http.Transport finds it (the server here closes
+// idle connections after 30 ms; a request sent on the closed connection
+// would fail and show as a second attempt). Both ways the direct path
+// sends: its own connections, and http.Transport when a proxy applies.
 func TestDirectPathConnections(t *testing.T) {
 	k := testbed.LocalKMS(t)
 	upstream, err := url.Parse(k.Endpoint())
@@ -385,5 +385,50 @@ func TestDirectPathConnections(t *testing.T) {
 				t.Errorf("%d calls after idle pauses made %d attempts, want %d: a stale connection cost a retry", afterIdle, n, afterIdle)
 			}
 		})
+	}
+}
+
+// Every request the direct path sends is an attempt the budget let through:
+// when the server drops a kept-alive connection with the request on it, the
+// request goes again only as the retry loop's next attempt, never as a free
+// resend (which would put more requests on a KMS quota shared with the live
+// API than KMS_RATE_LIMIT allows).
+func TestDirectPathSendsOnlyBudgetedAttempts(t *testing.T) {
+	k := testbed.LocalKMS(t)
+	proxy, err := kmsfault.Start(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer proxy.Close()
+	ctx := context.Background()
+	var attempts atomic.Int64
+	api := newSDKClient(t, k, proxy.Endpoint(), kmsclient.Options{MaxAttempts: 3, MaxBackoff: 5 * time.Millisecond,
+		Observe: func(op, _ string, _ time.Duration) {
+			if op == "Decrypt" {
+				attempts.Add(1)
+			}
+		}})
+	key := newKey(t, k, api, "budgeted")
+	c := kmsclient.NewClient(api, "payment_methods", nil)
+	dek, wdek, err := c.GenerateDataKey(ctx, key.ARN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dek.Zero()
+	for range 3 { // connections kept alive for the dropped ones below
+		d, err := c.Decrypt(ctx, key.ARN, wdek)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.Zero()
+	}
+	attempts.Store(0)
+	proxy.ResetCounts()
+	proxy.Set(kmsfault.Faults{Reset: 1})
+	if _, err := c.Decrypt(ctx, key.ARN, wdek); !errors.Is(err, kmsclient.ErrUnavailable) {
+		t.Fatalf("every connection dropped: got %v, want ErrUnavailable", err)
+	}
+	if got, sent := attempts.Load(), proxy.Total(); sent != got || got != 3 {
+		t.Errorf("the proxy saw %d requests for %d attempts (MaxAttempts 3): want one request per attempt", sent, got)
 	}
 }
