@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +15,8 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -430,5 +434,63 @@ func TestDirectPathSendsOnlyBudgetedAttempts(t *testing.T) {
 	}
 	if got, sent := attempts.Load(), proxy.Total(); sent != got || got != 3 {
 		t.Errorf("the proxy saw %d requests for %d attempts (MaxAttempts 3): want one request per attempt", sent, got)
+	}
+}
+
+// Over HTTPS (every real KMS endpoint) the direct path's own connections
+// use the SDK's TLS settings: a server whose certificate the SDK was told to
+// trust (AWS_CA_BUNDLE) is reached and kept alive, and without that bundle
+// the same server is refused, so certificates are checked.
+func TestDirectPathOverTLS(t *testing.T) {
+	k := testbed.LocalKMS(t)
+	upstream, err := url.Parse(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var opened atomic.Int64
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(upstream))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	bundle := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(bundle, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+
+	t.Setenv("AWS_CA_BUNDLE", bundle)
+	api := newSDKClient(t, k, srv.URL, kmsclient.Options{MaxAttempts: 1})
+	key := newKey(t, k, api, "tls")
+	c := kmsclient.NewClient(api, "payment_methods", nil)
+	dek, wdek, err := c.GenerateDataKey(ctx, key.ARN)
+	if err != nil {
+		t.Fatalf("GenerateDataKey over TLS: %v", err)
+	}
+	before := opened.Load()
+	for range 10 {
+		got, err := c.Decrypt(ctx, key.ARN, wdek)
+		if err != nil {
+			t.Fatalf("Decrypt over TLS: %v", err)
+		}
+		if !bytes.Equal(got, dek) {
+			t.Fatal("Decrypt over TLS returned another key")
+		}
+		got.Zero()
+	}
+	dek.Zero()
+	if n := opened.Load() - before; n != 0 {
+		t.Errorf("10 Decrypts over TLS opened %d connections, want 0 (kept alive)", n)
+	}
+
+	t.Setenv("AWS_CA_BUNDLE", "")
+	untrusting := newSDKClient(t, k, srv.URL, kmsclient.Options{MaxAttempts: 1})
+	_, err = untrusting.Decrypt(ctx, &kms.DecryptInput{CiphertextBlob: wdek, KeyId: aws.String(key.ARN)})
+	var unknownCA x509.UnknownAuthorityError
+	if !errors.As(err, &unknownCA) {
+		t.Fatalf("a server the SDK was not told to trust: got %v, want a certificate error", err)
 	}
 }
