@@ -314,6 +314,24 @@ func TestSDKOnlyIsTheSDKClient(t *testing.T) {
 	}
 }
 
+// countingFront is a reverse proxy in front of the emulator, not started
+// yet, that counts the connections clients open to it.
+func countingFront(t *testing.T, k *testbed.KMSServer) (*httptest.Server, *atomic.Int64) {
+	t.Helper()
+	upstream, err := url.Parse(k.Endpoint())
+	if err != nil {
+		t.Fatal(err)
+	}
+	opened := new(atomic.Int64)
+	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(upstream))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	return srv, opened
+}
+
 // The direct path keeps its connections alive, and a connection the server
 // closed while it was idle costs no retry: it is found closed before a
 // request goes on it, as http.Transport finds it (the server here closes
@@ -322,18 +340,8 @@ func TestSDKOnlyIsTheSDKClient(t *testing.T) {
 // sends: its own connections, and http.Transport when a proxy applies.
 func TestDirectPathConnections(t *testing.T) {
 	k := testbed.LocalKMS(t)
-	upstream, err := url.Parse(k.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var opened atomic.Int64
-	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(upstream))
+	srv, opened := countingFront(t, k)
 	srv.Config.IdleTimeout = 30 * time.Millisecond
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			opened.Add(1)
-		}
-	}
 	srv.Start()
 	defer srv.Close()
 	ctx := context.Background()
@@ -443,17 +451,7 @@ func TestDirectPathSendsOnlyBudgetedAttempts(t *testing.T) {
 // the same server is refused, so certificates are checked.
 func TestDirectPathOverTLS(t *testing.T) {
 	k := testbed.LocalKMS(t)
-	upstream, err := url.Parse(k.Endpoint())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var opened atomic.Int64
-	srv := httptest.NewUnstartedServer(httputil.NewSingleHostReverseProxy(upstream))
-	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
-		if s == http.StateNew {
-			opened.Add(1)
-		}
-	}
+	srv, opened := countingFront(t, k)
 	srv.StartTLS()
 	defer srv.Close()
 	bundle := filepath.Join(t.TempDir(), "ca.pem")

@@ -3,6 +3,7 @@ package kmsclient
 import (
 	"encoding/base64"
 	"slices"
+	"strconv"
 	"unicode/utf8"
 )
 
@@ -77,28 +78,10 @@ func (j *jsonBody) int(name string, v *int32) {
 		return
 	}
 	j.key(name)
-	j.b = appendInt(j.b, int64(*v))
+	j.b = strconv.AppendInt(j.b, int64(*v), 10)
 }
 
 func (j *jsonBody) bytes() []byte { return append(j.b, '}') }
-
-func appendInt(b []byte, v int64) []byte {
-	if v < 0 {
-		b = append(b, '-')
-		v = -v
-	}
-	var d [20]byte
-	i := len(d)
-	for {
-		i--
-		d[i] = byte('0' + v%10)
-		v /= 10
-		if v == 0 {
-			break
-		}
-	}
-	return append(b, d[i:]...)
-}
 
 const hexDigits = "0123456789abcdef"
 
