@@ -254,9 +254,10 @@ func (e *Engine) workRanges(ctx context.Context, log *slog.Logger) error {
 	defer cancel(nil)
 	var wg sync.WaitGroup
 	errs := make([]error, e.cfg.RangeWorkers)
+	end := newPassEnd()
 	for w := range e.cfg.RangeWorkers {
 		wg.Go(func() {
-			errs[w] = e.claimLoop(ctx, log)
+			errs[w] = e.claimLoop(ctx, log, end)
 			if errs[w] != nil && !errors.Is(errs[w], ErrInterrupted) {
 				cancel(errs[w]) // a fatal error stops the siblings
 			}
@@ -274,10 +275,26 @@ func (e *Engine) workRanges(ctx context.Context, log *slog.Logger) error {
 	return nil
 }
 
+// passEnd is how the claim loop that finds its pass complete wakes this
+// process's other claim loops, waiting for the last ranges to be finished:
+// the run then ends with its last page, not up to a claim poll later. Only
+// the pass's end wakes them. A waiting loop never claims before its poll is
+// over: claiming at once whenever a range ends raised the KMS demand a run
+// shares with the live API (see 0344ca6).
+type passEnd struct {
+	once sync.Once
+	done chan struct{}
+}
+
+func newPassEnd() *passEnd { return &passEnd{done: make(chan struct{})} }
+
+// reached marks the pass complete; the first call wakes the waiting loops.
+func (p *passEnd) reached() { p.once.Do(func() { close(p.done) }) }
+
 // claimLoop claims ranges until none is left in the pass. When every
 // remaining range is leased by a live process it waits: a lease that
 // expires (its owner died) is taken over.
-func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
+func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger, end *passEnd) error {
 	poll := min(e.cfg.LeaseTTL/3, maxClaimPoll)
 	for {
 		if ctx.Err() != nil {
@@ -318,11 +335,14 @@ func (e *Engine) claimLoop(ctx context.Context, log *slog.Logger) error {
 			e.metrics.Ranges.WithLabelValues("running").Set(float64(st.Running))
 			e.metrics.Ranges.WithLabelValues("pending").Set(float64(st.Pending))
 			if st.Complete() {
+				end.reached()
 				return nil
 			}
 			select {
 			case <-ctx.Done():
 				return ErrInterrupted
+			case <-end.done: // a sibling found the pass complete
+				return nil
 			case <-time.After(poll):
 			}
 			continue
