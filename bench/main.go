@@ -3,6 +3,9 @@
 // and in alternating order over several rounds, each on a fresh copy of the
 // same seeded table:
 //
+//	server-ceiling  the page work done by Postgres alone (PL/pgSQL, no client)
+//	server-locked   the same plus the engine's id-ordered row locks
+//	client-min      the same page work driven by a minimal Go client (client.go)
 //	pg-ceiling   the engine's own path in process against an instant fake KMS (fakekms.go)
 //	kms-ceiling  KMS Decrypt (and ReEncrypt) operations per second at the engine's concurrency
 //	naive        one row at a time: read, Decrypt + GenerateDataKey, one transaction per row
@@ -36,6 +39,7 @@ import (
 const (
 	scServer = "server-ceiling"
 	scLocked = "server-locked"
+	scClient = "client-min"
 	scPG     = "pg-ceiling"
 	scKMS    = "kms-ceiling"
 	scNaive  = "naive"
@@ -47,7 +51,7 @@ const (
 	scSecondB = "second-b"
 )
 
-var allScenarios = []string{scServer, scLocked, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond, scSecondB}
+var allScenarios = []string{scServer, scLocked, scClient, scPG, scKMS, scNaive, scRekey, scRewrap, scSecond, scSecondB}
 
 type options struct {
 	rows        int

@@ -281,7 +281,7 @@ func (rep *report) ratiosAndTargets() {
 	addR("second-b vs second", "rows/s of the -bin-b build / rows/s of -bin, same rounds", div(rep.get(scSecondB), sec))
 	addR("second vs naive", "rows/s / naive rows/s", div(sec, naive))
 	addR("rekey vs Postgres ceiling", "rows/s / pg-ceiling rows/s", div(rk, pg))
-	for _, sc := range []string{scLocked, scPG, scNaive, scRekey, scRewrap, scSecond, scSecondB} {
+	for _, sc := range []string{scLocked, scClient, scPG, scNaive, scRekey, scRewrap, scSecond, scSecondB} {
 		addR(sc+" vs server-side ceiling", "rows/s / server-ceiling rows/s (scenario 0)", div(rep.get(sc), srv))
 	}
 
@@ -400,6 +400,7 @@ func commas(n int64) string {
 var titles = map[string]string{
 	scServer:  "0 server-side ceiling",
 	scLocked:  "0b server-side, row locks",
+	scClient:  "0c minimal Go client, row locks",
 	scPG:      "1 Postgres ceiling",
 	scKMS:     "2 KMS ceiling",
 	scNaive:   "3 naive baseline",

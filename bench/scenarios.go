@@ -203,7 +203,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 		tpl = b.tplSecond
 	case scPG:
 		tpl = b.tplFake
-	case scServer, scLocked:
+	case scServer, scLocked, scClient:
 		if b.tplSecond != "" { // the second rotation's data
 			tpl = b.tplSecond
 		}
@@ -231,6 +231,8 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	switch sc {
 	case scServer, scLocked:
 		err = b.serverCeiling(ctx, dbURL, r, sc == scLocked)
+	case scClient:
+		err = b.minimalClient(ctx, dbURL, r)
 	case scPG:
 		run, err = b.runEngineInProcess(ctx, dbURL, old, nw, batch.Rekey, b.fake)
 		want = expect{under: map[string]int64{nw.ARN: n}, audit: n, kc: b.fakeKC}
@@ -309,7 +311,7 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	}
 	r.Stats = &st
 	verify := b.verify
-	if sc == scServer || sc == scLocked {
+	if sc == scServer || sc == scLocked || sc == scClient {
 		verify = func(ctx context.Context, dbURL string, _ expect) ([]string, string) {
 			return b.checkServerCeiling(ctx, dbURL, r)
 		}
@@ -330,7 +332,7 @@ func (b *bench) checkKMS(r *Result) []string {
 	bad := func(format string, a ...any) { notes = append(notes, fmt.Sprintf(format, a...)) }
 	rows, pages := r.Rows, r.Pages
 	switch r.Scenario {
-	case scServer, scLocked:
+	case scServer, scLocked, scClient:
 		if r.KMSTotal != 0 {
 			bad("%s made %d KMS requests, want 0", r.Scenario, r.KMSTotal)
 		}

@@ -87,37 +87,12 @@ END $$;`
 // order waits for the page instead of deadlocking with it). The difference
 // between 0 and 0b is what that safety costs Postgres.
 func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result, lockRows bool) error {
-	sessions := b.cfg.RangeWorkers
-	conn, err := pgx.Connect(ctx, dbURL)
+	conn, details, err := b.prepareCeiling(ctx, dbURL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if _, err := conn.Exec(ctx, serverCeilingSQL); err != nil {
-		return fmt.Errorf("server ceiling: create the procedure: %w", err)
-	}
-	// Ranges cut at row positions, like the engine's: each session gets the
-	// same number of rows. Not timed.
-	var total int64
-	if err := conn.QueryRow(ctx, `SELECT count(*) FROM payment_methods`).Scan(&total); err != nil {
-		return err
-	}
-	lower := "00000000-0000-0000-0000-000000000000"
-	for k := 1; k <= sessions; k++ {
-		upper := "ffffffff-ffff-ffff-ffff-ffffffffffff"
-		if k < sessions {
-			if err := conn.QueryRow(ctx, `SELECT id::text FROM payment_methods ORDER BY id OFFSET $1 LIMIT 1`,
-				(int64(k)*total)/int64(sessions)-1).Scan(&upper); err != nil {
-				return fmt.Errorf("server ceiling: cut ranges: %w", err)
-			}
-		}
-		if _, err := conn.Exec(ctx, `INSERT INTO bench_ceiling.ranges (range_no, lower, upper) VALUES ($1, $2, $3)`, k, lower, upper); err != nil {
-			return err
-		}
-		lower = upper
-	}
-	details := tokentable.AuditDetails{RunID: "00000000-0000-0000-0000-000000000000", Pass: 1, Mode: "rekey",
-		OldKeyARN: b.keys[1].ARN, NewKeyARN: b.keys[2].ARN}.JSON()
+	sessions := b.cfg.RangeWorkers
 
 	conns := make([]*pgx.Conn, sessions)
 	for i := range conns {
@@ -141,16 +116,62 @@ func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result, lock
 		return fmt.Errorf("server ceiling: %w", err)
 	}
 	r.Seconds = time.Since(start).Seconds()
+	return ceilingTotals(ctx, conn, r)
+}
 
-	var notDone int64
-	if err := conn.QueryRow(ctx, `SELECT coalesce(sum(rows), 0), coalesce(sum(pages), 0), count(*) FILTER (WHERE NOT done) FROM bench_ceiling.ranges`).
-		Scan(&r.Rows, &r.Pages, &notDone); err != nil {
+// ceilingTotals reads what the sessions of scenario 0 (0b, 0c) recorded in
+// their checkpoint rows into r.
+func ceilingTotals(ctx context.Context, conn *pgx.Conn, r *Result) error {
+	var notDone, sessions int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce(sum(rows), 0), coalesce(sum(pages), 0), count(*) FILTER (WHERE NOT done), count(*) FROM bench_ceiling.ranges`).
+		Scan(&r.Rows, &r.Pages, &notDone, &sessions); err != nil {
 		return err
 	}
 	if notDone > 0 {
-		r.Problems = append(r.Problems, fmt.Sprintf("server ceiling: %d of %d ranges not done", notDone, sessions))
+		r.Problems = append(r.Problems, fmt.Sprintf("%s: %d of %d ranges not done", r.Scenario, notDone, sessions))
 	}
 	return nil
+}
+
+// prepareCeiling creates scenario 0's schema on the copy at dbURL (its
+// procedure and its checkpoint table, with one range per range worker, cut
+// at row positions like the engine's: each session gets the same number of
+// rows) and returns a connection to it and the audit details to write. Not
+// timed.
+func (b *bench) prepareCeiling(ctx context.Context, dbURL string) (*pgx.Conn, []byte, error) {
+	sessions := b.cfg.RangeWorkers
+	conn, err := pgx.Connect(ctx, dbURL)
+	if err != nil {
+		return nil, nil, err
+	}
+	fail := func(err error) (*pgx.Conn, []byte, error) {
+		conn.Close(context.Background())
+		return nil, nil, err
+	}
+	if _, err := conn.Exec(ctx, serverCeilingSQL); err != nil {
+		return fail(fmt.Errorf("server ceiling: create the procedure: %w", err))
+	}
+	var total int64
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM payment_methods`).Scan(&total); err != nil {
+		return fail(err)
+	}
+	lower := "00000000-0000-0000-0000-000000000000"
+	for k := 1; k <= sessions; k++ {
+		upper := "ffffffff-ffff-ffff-ffff-ffffffffffff"
+		if k < sessions {
+			if err := conn.QueryRow(ctx, `SELECT id::text FROM payment_methods ORDER BY id OFFSET $1 LIMIT 1`,
+				(int64(k)*total)/int64(sessions)-1).Scan(&upper); err != nil {
+				return fail(fmt.Errorf("server ceiling: cut ranges: %w", err))
+			}
+		}
+		if _, err := conn.Exec(ctx, `INSERT INTO bench_ceiling.ranges (range_no, lower, upper) VALUES ($1, $2, $3)`, k, lower, upper); err != nil {
+			return fail(err)
+		}
+		lower = upper
+	}
+	details := tokentable.AuditDetails{RunID: "00000000-0000-0000-0000-000000000000", Pass: 1, Mode: "rekey",
+		OldKeyARN: b.keys[1].ARN, NewKeyARN: b.keys[2].ARN}.JSON()
+	return conn, details, nil
 }
 
 // checkServerCeiling checks that the ceiling did the whole work: every row
