@@ -541,3 +541,24 @@ func TestGroupByWDEK(t *testing.T) {
 		t.Errorf("GroupByWDEK of nils = %v, want none", g)
 	}
 }
+
+// TestAADAllocatesOnce: the AAD is built twice per rotated row (open, then
+// seal), so it is sized once instead of grown from nil (three allocations).
+func TestAADAllocatesOnce(t *testing.T) {
+	ns, id := "payments.payment_methods", "0190b7d2-4c1e-7a55-8d2e-6b1f0c3a9e77"
+	want, err := AAD(ns, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := AAD(ns, id); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs != 1 {
+		t.Errorf("AAD made %.0f allocations per call, want 1", allocs)
+	}
+	if len(want) != 2+2+len(ns)+2+len(id) || cap(want) != len(want) {
+		t.Errorf("AAD is %d bytes (capacity %d), want %d", len(want), cap(want), 2+2+len(ns)+2+len(id))
+	}
+}
