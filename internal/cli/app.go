@@ -522,6 +522,9 @@ var fieldVariables = map[batch.Field]string{
 	batch.FieldRangeWorkers:     "RANGE_WORKERS",
 	batch.FieldRanges:           "RANGES",
 	batch.FieldLeaseTTL:         "LEASE_TTL",
+	batch.FieldPageTimeout:      "PAGE_TIMEOUT",
+	batch.FieldLockTimeout:      "LOCK_TIMEOUT",
+	batch.FieldStopGrace:        "STOP_GRACE",
 }
 
 // nameFields rewrites the message of an error that holds a

@@ -32,9 +32,10 @@ const (
 	DefaultLockTimeout = 5 * time.Second  // a page waits this long for a row the live API holds; see pageTxSettings
 	DefaultStopGrace   = 10 * time.Second // finish the page in flight on shutdown, within a pod's default 30 s grace period
 
-	// The shortest PageTimeout, LockTimeout and StopGrace package config
-	// accepts (Validate leaves them to it). StopGrace must also be under
-	// LeaseTTL: the lease has to outlive the page that finishes on shutdown.
+	// The shortest PageTimeout, LockTimeout and StopGrace an engine accepts
+	// (Config.Validate; package config says so first, by variable name).
+	// Package config also wants StopGrace under LEASE_TTL: the lease has to
+	// outlive the page that finishes on shutdown.
 	MinPageTimeout = time.Second
 	MinLockTimeout = 10 * time.Millisecond
 	MinStopGrace   = time.Second

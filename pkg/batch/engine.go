@@ -97,6 +97,12 @@ func (c Config) Validate() error {
 		return fieldError(configErrorf("%d: want 1..%d", c.Ranges, MaxRanges), FieldRanges)
 	case c.LeaseTTL < MinLeaseTTL:
 		return fieldError(configErrorf("%s: want at least %s", c.LeaseTTL, MinLeaseTTL), FieldLeaseTTL)
+	case c.PageTimeout < MinPageTimeout:
+		return fieldError(configErrorf("%s: want at least %s", c.PageTimeout, MinPageTimeout), FieldPageTimeout)
+	case c.LockTimeout < MinLockTimeout:
+		return fieldError(configErrorf("%s: want at least %s", c.LockTimeout, MinLockTimeout), FieldLockTimeout)
+	case c.StopGrace < MinStopGrace:
+		return fieldError(configErrorf("%s: want at least %s", c.StopGrace, MinStopGrace), FieldStopGrace)
 	}
 	return nil
 }

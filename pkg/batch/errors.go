@@ -75,6 +75,9 @@ const (
 	FieldRangeWorkers Field = "range workers"
 	FieldRanges       Field = "ranges"
 	FieldLeaseTTL     Field = "lease ttl"
+	FieldPageTimeout  Field = "page timeout"
+	FieldLockTimeout  Field = "lock timeout"
+	FieldStopGrace    Field = "stop grace"
 )
 
 // Fields lists every Field, Inspect's (tokentable.Fields) included, for a
