@@ -18,8 +18,8 @@ import (
 // page in flight on shutdown (StopGrace). Zero still means the default.
 func TestConfigRefusesTimeoutsUnderTheirMinimums(t *testing.T) {
 	base := batch.Config{Table: &tokentable.Table{}, Mode: batch.Rekey,
-		Old: kmsclient.Key{ARN: "arn:aws:kms:us-east-1:000000000000:key/old"},
-		New: kmsclient.Key{ARN: "arn:aws:kms:us-east-1:000000000000:key/new"},
+		Old:       kmsclient.Key{ARN: "arn:aws:kms:us-east-1:000000000000:key/old"},
+		New:       kmsclient.Key{ARN: "arn:aws:kms:us-east-1:000000000000:key/new"},
 		BatchSize: 1000, Workers: 1, RangeWorkers: 1, Ranges: 1, LeaseTTL: 30 * time.Second,
 		PageTimeout: batch.MinPageTimeout, LockTimeout: batch.MinLockTimeout, StopGrace: batch.MinStopGrace}
 	if err := base.Validate(); err != nil {
