@@ -25,9 +25,11 @@ func TestFrozenInsidePage(t *testing.T) {
 	t.Parallel()
 	n := pick(1500, 10_000)
 	scen := fmt.Sprintf("5b pod frozen between fence and COMMIT (%d rows)", n)
-	// 6 s, so the 3 s idle-in-transaction bound leaves a loaded machine time
-	// to see the frozen page's locks before Postgres ends its transaction.
-	const leaseTTL = 6 * time.Second
+	// 10 s, so the 5 s idle-in-transaction bound leaves a loaded machine
+	// time to see the frozen page's locks before Postgres ends its
+	// transaction (with 6 s, a soak run once looked after the 3 s bound and
+	// found nothing locked).
+	const leaseTTL = 10 * time.Second
 	bound := leaseTTL / 2 // idle_in_transaction_session_timeout of a page transaction
 	w := newWorld(t, worldOpts{})
 	w.Seed(n, w.Old, 1)
@@ -72,6 +74,7 @@ func TestFrozenInsidePage(t *testing.T) {
 		return idle > 0 || time.Since(frozenAt) > bound
 	})
 	locked := lockedRows(t, w)
+	t.Logf("locks read %s after the freeze", time.Since(frozenAt).Round(time.Millisecond))
 	// The frozen page's rows, and those of A's other range worker if it was
 	// inside its own page transaction when the signal came.
 	figure(t, scen, "token rows A holds locked while frozen", "1..200 (a page of 100 per range worker, RANGE_WORKERS=2)",
