@@ -2,12 +2,9 @@ package main
 
 import (
 	"context"
-	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
-	"golang.org/x/sync/errgroup"
 )
 
 // Scenario 0c, the minimal client: scenario 0b's page work driven from Go
@@ -43,28 +40,9 @@ const (
 
 // minimalClient runs scenario 0c on the copy at dbURL and fills r.
 func (b *bench) minimalClient(ctx context.Context, dbURL string, r *Result) error {
-	conn, details, err := b.prepareCeiling(ctx, dbURL)
-	if err != nil {
-		return err
-	}
-	defer conn.Close(context.Background())
-	conns := make([]*pgx.Conn, b.cfg.RangeWorkers)
-	for i := range conns {
-		if conns[i], err = pgx.Connect(ctx, dbURL); err != nil {
-			return err
-		}
-		defer conns[i].Close(context.Background())
-	}
-	start := time.Now()
-	g, gctx := errgroup.WithContext(ctx)
-	for i, c := range conns {
-		g.Go(func() error { return clientRange(gctx, c, i+1, b.cfg.BatchSize, details) })
-	}
-	if err := g.Wait(); err != nil {
-		return fmt.Errorf("minimal client: %w", err)
-	}
-	r.Seconds = time.Since(start).Seconds()
-	return ceilingTotals(ctx, conn, r)
+	return b.runRanges(ctx, dbURL, r, "minimal client", func(ctx context.Context, c *pgx.Conn, k int, details []byte) error {
+		return clientRange(ctx, c, k, b.cfg.BatchSize, details)
+	})
 }
 
 // clientRange rotates range k of bench_ceiling.ranges, page by page.

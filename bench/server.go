@@ -87,14 +87,26 @@ END $$;`
 // order waits for the page instead of deadlocking with it). The difference
 // between 0 and 0b is what that safety costs Postgres.
 func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result, lockRows bool) error {
+	return b.runRanges(ctx, dbURL, r, "server ceiling", func(ctx context.Context, c *pgx.Conn, k int, details []byte) error {
+		// Simple protocol: a procedure may COMMIT only when CALLed outside
+		// any transaction, which the extended protocol's implicit one is not.
+		_, err := c.Exec(ctx, `CALL bench_ceiling.rotate_range($1, $2, $3, $4)`, pgx.QueryExecModeSimpleProtocol,
+			k, b.cfg.BatchSize, string(details), lockRows)
+		return err
+	})
+}
+
+// runRanges is scenarios 0, 0b and 0c: it prepares the copy at dbURL
+// (prepareCeiling), opens one session per range worker, times work on each
+// session's range (k from 1) run concurrently, and reads the totals into r.
+func (b *bench) runRanges(ctx context.Context, dbURL string, r *Result, name string,
+	work func(ctx context.Context, c *pgx.Conn, k int, details []byte) error) error {
 	conn, details, err := b.prepareCeiling(ctx, dbURL)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
-	sessions := b.cfg.RangeWorkers
-
-	conns := make([]*pgx.Conn, sessions)
+	conns := make([]*pgx.Conn, b.cfg.RangeWorkers)
 	for i := range conns {
 		if conns[i], err = pgx.Connect(ctx, dbURL); err != nil {
 			return err
@@ -104,16 +116,10 @@ func (b *bench) serverCeiling(ctx context.Context, dbURL string, r *Result, lock
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for i, c := range conns {
-		// Simple protocol: a procedure may COMMIT only when CALLed outside
-		// any transaction, which the extended protocol's implicit one is not.
-		g.Go(func() error {
-			_, err := c.Exec(gctx, `CALL bench_ceiling.rotate_range($1, $2, $3, $4)`, pgx.QueryExecModeSimpleProtocol,
-				i+1, b.cfg.BatchSize, string(details), lockRows)
-			return err
-		})
+		g.Go(func() error { return work(gctx, c, i+1, details) })
 	}
 	if err := g.Wait(); err != nil {
-		return fmt.Errorf("server ceiling: %w", err)
+		return fmt.Errorf("%s: %w", name, err)
 	}
 	r.Seconds = time.Since(start).Seconds()
 	return ceilingTotals(ctx, conn, r)
