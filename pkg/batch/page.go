@@ -474,6 +474,7 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 	e.queueLockKey(b)
 	var conflicts []string
 	if len(plan.swaps) > 0 {
+		useFastArrays(tx.Conn().TypeMap())
 		e.queueSwap(b, plan.swaps, &c.Rotated)
 	}
 	if err := tx.SendBatch(ctx, b).Close(); err != nil {
@@ -537,9 +538,9 @@ func (e *Engine) commit(ctx context.Context, l *checkpoint.Lease, plan pagePlan)
 // row for each swapped one; once the batch has run, *swapped is how many
 // were swapped.
 func (e *Engine) queueSwap(b *pgx.Batch, swaps []swap, swapped *int64) {
-	ids := make([]string, len(swaps))
-	olds := make([][]byte, len(swaps))
-	news := make([][]byte, len(swaps))
+	ids := make(pageIDs, len(swaps))
+	olds := make(pageTokens, len(swaps))
+	news := make(pageTokens, len(swaps))
 	for i, s := range swaps {
 		ids[i], olds[i], news[i] = s.id, s.old, s.new
 	}
