@@ -562,3 +562,41 @@ func TestAADAllocatesOnce(t *testing.T) {
 		t.Errorf("AAD is %d bytes (capacity %d), want %d", len(want), cap(want), 2+2+len(ns)+2+len(id))
 	}
 }
+
+// TestParseSharedAliasesItsInput: ParseShared reads the same fields as
+// Parse, without the copy: its slices are windows on the input, capped so
+// that an append to one field cannot overwrite the next.
+func TestParseSharedAliasesItsInput(t *testing.T) {
+	in := good([]byte(testKID), []byte{1, 2, 3}, 20)
+	want := bytes.Clone(in)
+	private, err := Parse(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared, err := ParseShared(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(private, shared) {
+		t.Fatalf("ParseShared = %+v, Parse = %+v", shared, private)
+	}
+	_ = append(shared.WDEK, 0xAA, 0xAA)
+	_ = append(shared.Nonce, 0xBB)
+	if !bytes.Equal(in, want) {
+		t.Fatalf("an append to a shared field changed the input: %x, want %x", in, want)
+	}
+	in[len(in)-1] ^= 0xFF
+	if shared.Ciphertext[len(shared.Ciphertext)-1] != in[len(in)-1] {
+		t.Error("ParseShared's ciphertext does not alias the input")
+	}
+	if private.Ciphertext[len(private.Ciphertext)-1] == in[len(in)-1] {
+		t.Error("Parse's ciphertext aliases the input")
+	}
+	if _, err := ParseShared(in[:5]); !errors.Is(err, ErrMalformed) {
+		t.Errorf("ParseShared of 5 bytes: %v, want ErrMalformed", err)
+	}
+	allocs := testing.AllocsPerRun(100, func() { _, _ = ParseShared(want) })
+	if allocs > 2 { // the Envelope and its KID string
+		t.Errorf("ParseShared made %.0f allocations, want at most 2", allocs)
+	}
+}

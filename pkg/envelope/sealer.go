@@ -114,14 +114,28 @@ func (s *Sealer) Seal(namespace, rowID string, plaintext []byte) (*Envelope, err
 		return nil, fmt.Errorf("%w: %d of %d", ErrKeyExhausted, s.used, s.maxUses)
 	}
 	// Reject a bad row before spending a use.
-	if _, err := AAD(namespace, rowID); err != nil {
+	aad, err := AAD(namespace, rowID)
+	if err != nil {
 		return nil, err
 	}
-	nonce := make([]byte, NonceSize)
+	// What the envelope owns (its wdek, nonce and ciphertext) is one
+	// buffer, sealed in place: one allocation where copying each field took
+	// three, for every row of a rekey.
+	w := len(s.wdek)
+	buf := make([]byte, w+NonceSize, w+NonceSize+len(plaintext)+TagSize)
+	copy(buf, s.wdek)
+	nonce := buf[w : w+NonceSize : w+NonceSize]
 	_, _ = rand.Read(nonce) // never fails (crypto/rand, Go 1.24+)
 	// The use is counted once a nonce has been drawn for this key.
 	s.used++
-	return sealWith(s.aead, nonce, SealOptions{KID: s.kid, WDEK: s.wdek, Namespace: namespace, RowID: rowID}, plaintext)
+	return &Envelope{
+		Version:    Version1,
+		Alg:        AlgAES256GCM,
+		KID:        s.kid,
+		WDEK:       buf[:w:w],
+		Nonce:      nonce,
+		Ciphertext: s.aead.Seal(buf[w+NonceSize:w+NonceSize], nonce, plaintext, aad),
+	}, nil
 }
 
 // Open is [Open] with the Sealer's data key, for checking what was sealed.

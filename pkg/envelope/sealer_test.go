@@ -356,3 +356,48 @@ var (
 	_ slog.LogValuer = DataKey(nil)
 	_ json.Marshaler = DataKey(nil)
 )
+
+// TestSealerSealAllocations: a rekey seals every row, so Sealer.Seal makes
+// three allocations (AAD, one buffer for wdek, nonce and ciphertext, the
+// Envelope), not one per field; and the envelopes still share nothing with
+// the Sealer or with each other.
+func TestSealerSealAllocations(t *testing.T) {
+	s, err := NewSealer(testKey(), testKID, testWDEK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destroy()
+	ns, id, pt := "payments.payment_methods", "0190b7d2-4c1e-7a55-8d2e-6b1f0c3a9e77", []byte("4111111111111111")
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, err := s.Seal(ns, id, pt); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 3 {
+		t.Errorf("Sealer.Seal made %.0f allocations per call, want at most 3", allocs)
+	}
+
+	a, err := s.Seal(ns, id, pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	clear(a.WDEK)
+	_ = append(a.WDEK, 0xAA)        // capped: must not reach the nonce
+	_ = append(a.Nonce, 0xBB, 0xBB) // capped: must not reach the ciphertext
+	if got, err := s.Open(a, ns, id); err != nil || !bytes.Equal(got, pt) {
+		t.Fatalf("Open after appending to wdek and nonce = %q, %v", got, err)
+	}
+	b, err := s.Seal(ns, id, pt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(b.WDEK, testWDEK) {
+		t.Fatalf("clearing one envelope's wdek changed the next one's: %x", b.WDEK)
+	}
+	if bytes.Equal(a.Nonce, b.Nonce) {
+		t.Fatal("two seals drew the same nonce")
+	}
+	if len(b.Ciphertext) != len(pt)+TagSize || cap(b.Ciphertext) != len(b.Ciphertext) {
+		t.Fatalf("ciphertext len %d cap %d, want %d", len(b.Ciphertext), cap(b.Ciphertext), len(pt)+TagSize)
+	}
+}

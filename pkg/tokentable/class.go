@@ -52,11 +52,13 @@ func OpenClass(err error) Class {
 
 // ParseToken parses one stored token. It returns the envelope, or the
 // class the engine quarantines the row under (ClassNullToken for NULL).
+// The envelope aliases token (envelope.ParseShared): every caller parses
+// the token of a row it has just read and does not change.
 func ParseToken(token []byte) (*envelope.Envelope, Class) {
 	if token == nil {
 		return nil, ClassNullToken
 	}
-	env, err := envelope.Parse(token)
+	env, err := envelope.ParseShared(token)
 	if err != nil {
 		return nil, ParseClass(err)
 	}
