@@ -50,6 +50,11 @@ type engineRun struct {
 	// committed, it finished. Before the first page the engine cuts ranges;
 	// after the last it recounts the table (exit 0 means no row under OLD).
 	joined, firstPage, lastPage, finished time.Time
+	// atFinish, when set, reads the WAL position when the run-finished line
+	// arrives, before the closing recount (read the moment the line is
+	// read, so a few ms late); walAtFinish is what it read, 0 if nothing.
+	atFinish    func() int64
+	walAtFinish int64
 
 	mu    sync.Mutex
 	lines []string // last lines of the log, for errors
@@ -111,6 +116,9 @@ func (r *engineRun) logLine(line []byte) {
 			}
 		}
 	case bytes.Contains(line, []byte(`"msg":"reencrypt run finished"`)):
+		if r.atFinish != nil {
+			r.walAtFinish = r.atFinish()
+		}
 		if json.Unmarshal(line, &m) == nil {
 			r.finished = at()
 			r.rotated = int64(num(m["rotated"]))
@@ -207,6 +215,13 @@ type engineArgs struct{ dbURL, oldARN, newARN, mode string }
 func (b *bench) runBinary(ctx context.Context, bin string, a engineArgs, onStart func(pid int)) (*engineRun, error) {
 	dbURL, oldARN, newARN, mode := a.dbURL, a.oldARN, a.newARN, a.mode
 	r := &engineRun{}
+	r.atFinish = func() int64 { // adminDB is this goroutine's alone while the engine runs
+		n, err := b.walLSN(ctx)
+		if err != nil {
+			return 0
+		}
+		return n
+	}
 	cmd := exec.CommandContext(ctx, bin, "run")
 	cmd.Env = b.subprocessEnv(dbURL, oldARN, newARN, mode)
 	var stdout bytes.Buffer

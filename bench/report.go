@@ -49,6 +49,8 @@ type summary struct {
 	PeakRSSMiB    float64            `json:"peak_rss_mib"`
 	PeakRSSMaxMiB float64            `json:"peak_rss_max_mib"`
 	WALPerRow     float64            `json:"wal_bytes_per_row"`
+	WALRecountRow float64            `json:"wal_bytes_per_row_recount,omitempty"` // engine: after its run-finished line
+	WALRunRow     float64            `json:"wal_bytes_per_row_run,omitempty"`     // engine: up to it
 	DeadTuples    float64            `json:"dead_tuples"`
 	HotPct        float64            `json:"hot_update_pct"`
 	Pages         float64            `json:"pages"`
@@ -160,6 +162,10 @@ func (rep *report) finish() {
 		s.PageP99Ms = col(func(r *Result) float64 { return r.PageP99Ms })
 		s.PeakRSSMiB = col(func(r *Result) float64 { return r.PeakRSSMiB })
 		s.WALPerRow = col(func(r *Result) float64 { return r.WALPerRow })
+		if rs[0].WALRecountRow > 0 {
+			s.WALRecountRow = col(func(r *Result) float64 { return r.WALRecountRow })
+			s.WALRunRow = col(func(r *Result) float64 { return r.WALPerRow - r.WALRecountRow })
+		}
 		s.Pages = col(func(r *Result) float64 { return float64(r.Pages) })
 		s.KMSWorkers = col(func(r *Result) float64 { return float64(r.KMSWorkers) })
 		s.ReEncryptPerS = col(func(r *Result) float64 { return r.ReEncryptPerSec })
@@ -489,7 +495,7 @@ func (rep *report) print(w io.Writer) {
 
 	fmt.Fprintln(bw, "\nwhere an engine page's time goes (from its debug line; medians over rounds):")
 	tw = tabwriter.NewWriter(bw, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\t read p50 ms\t rotate (KMS+AES) p50 ms\t commit p50 ms\t share read/rotate/commit\t range workers busy\t s before 1st page / pages / after last\t")
+	fmt.Fprintln(tw, "scenario\t read p50 ms\t rotate (KMS+AES) p50 ms\t commit p50 ms\t share read/rotate/commit\t range workers busy\t s before 1st page / pages / after last\t WAL B/row: run / closing recount\t")
 	for _, sc := range allScenarios {
 		if s := rep.get(sc); s != nil && s.PhaseP50Ms != nil {
 			p, sh := s.PhaseP50Ms, s.PhaseShare
@@ -497,8 +503,12 @@ func (rep *report) print(w io.Writer) {
 			if t := s.Timeline; t != nil {
 				tl = fmt.Sprintf("%.1f / %.1f / %.1f", t.BeforePages, t.Pages, t.AfterPages)
 			}
-			fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %.0f%% / %.0f%% / %.0f%%\t %.0f%%\t %s\t\n", titles[sc], f1(p["read"]), f1(p["rotate"]), f1(p["commit"]),
-				100*sh["read"], 100*sh["rotate"], 100*sh["commit"], 100*s.PageBusy, tl)
+			wal := "-"
+			if s.WALRecountRow > 0 {
+				wal = fmt.Sprintf("%.0f / %.0f", s.WALRunRow, s.WALRecountRow)
+			}
+			fmt.Fprintf(tw, "%s\t %s\t %s\t %s\t %.0f%% / %.0f%% / %.0f%%\t %.0f%%\t %s\t %s\t\n", titles[sc], f1(p["read"]), f1(p["rotate"]), f1(p["commit"]),
+				100*sh["read"], 100*sh["rotate"], 100*sh["commit"], 100*s.PageBusy, tl, wal)
 		}
 	}
 	tw.Flush()

@@ -44,21 +44,22 @@ type Result struct {
 	KMSWorkers    int              `json:"kms_workers,omitempty"`   // per page (engine) / in flight (ceiling)
 	KMSLatencyMs  float64          `json:"kms_latency_ms,omitempty"`
 
-	Pages           int64              `json:"pages,omitempty"`              // pages that held rows
-	PhaseP50Ms      map[string]float64 `json:"page_phase_p50_ms,omitempty"`  // read, rotate, commit
-	PhaseShare      map[string]float64 `json:"page_phase_share,omitempty"`   // of the time spent in pages
-	PageBusy        float64            `json:"range_workers_busy,omitempty"` // time in pages / (engine seconds x RANGE_WORKERS)
-	PageP50Ms       float64            `json:"page_p50_ms"`                  // naive: one row's transaction
-	PageP99Ms       float64            `json:"page_p99_ms"`                  //
-	PeakRSSMiB      float64            `json:"peak_rss_mib"`                 // engine subprocess only: its VmHWM, polled every 50 ms
-	MaxRSSRusageMiB float64            `json:"maxrss_rusage_mib,omitempty"`  // ru_maxrss: inflated by the bench's own RSS at fork (vfork), kept for reference
-	WALBytes        int64              `json:"wal_bytes"`                    // pg_current_wal_lsn() difference
-	WALPerRow       float64            `json:"wal_bytes_per_row"`            //
-	Stats           *tableStats        `json:"table_stats,omitempty"`        // n_dead_tup etc. after the run
-	CPU             cpuSnapshot        `json:"cpu_seconds"`                  // by process
-	CPUEngine       float64            `json:"cpu_seconds_engine"`           // the engine subprocess
-	CPUEngineSys    float64            `json:"cpu_seconds_engine_system"`    // its kernel share (system calls: the network, Postgres's socket)
-	ForeignCores    float64            `json:"foreign_cores"`                // other processes' CPU use during the scenario, in cores (noise)
+	Pages           int64              `json:"pages,omitempty"`                     // pages that held rows
+	PhaseP50Ms      map[string]float64 `json:"page_phase_p50_ms,omitempty"`         // read, rotate, commit
+	PhaseShare      map[string]float64 `json:"page_phase_share,omitempty"`          // of the time spent in pages
+	PageBusy        float64            `json:"range_workers_busy,omitempty"`        // time in pages / (engine seconds x RANGE_WORKERS)
+	PageP50Ms       float64            `json:"page_p50_ms"`                         // naive: one row's transaction
+	PageP99Ms       float64            `json:"page_p99_ms"`                         //
+	PeakRSSMiB      float64            `json:"peak_rss_mib"`                        // engine subprocess only: its VmHWM, polled every 50 ms
+	MaxRSSRusageMiB float64            `json:"maxrss_rusage_mib,omitempty"`         // ru_maxrss: inflated by the bench's own RSS at fork (vfork), kept for reference
+	WALBytes        int64              `json:"wal_bytes"`                           // pg_current_wal_lsn() difference
+	WALPerRow       float64            `json:"wal_bytes_per_row"`                   //
+	WALRecountRow   float64            `json:"wal_bytes_per_row_recount,omitempty"` // engine subprocess: of WALPerRow, what came after its run-finished line (the closing recount's pruning)
+	Stats           *tableStats        `json:"table_stats,omitempty"`               // n_dead_tup etc. after the run
+	CPU             cpuSnapshot        `json:"cpu_seconds"`                         // by process
+	CPUEngine       float64            `json:"cpu_seconds_engine"`                  // the engine subprocess
+	CPUEngineSys    float64            `json:"cpu_seconds_engine_system"`           // its kernel share (system calls: the network, Postgres's socket)
+	ForeignCores    float64            `json:"foreign_cores"`                       // other processes' CPU use during the scenario, in cores (noise)
 	IdleWait        float64            `json:"idle_wait_seconds,omitempty"`
 
 	ReEncryptPerSec float64      `json:"reencrypt_per_s,omitempty"`           // kms-ceiling: ReEncrypt ops/s
@@ -299,6 +300,9 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	}
 	if err := m.finish(ctx, r); err != nil {
 		return nil, err
+	}
+	if run != nil && run.walAtFinish > m.lsn0 && r.Rows > 0 && r.WALPerRow > 0 {
+		r.WALRecountRow = float64(m.lsn0+r.WALBytes-run.walAtFinish) / float64(r.Rows)
 	}
 	if b.o.statements {
 		if r.Statements, err = readStatements(ctx, dbURL, r.Rows); err != nil {
