@@ -351,31 +351,35 @@ func (e *Engine) rekeyGroup(ctx context.Context, w *pageWork, envs []*envelope.E
 	if err != nil {
 		return err
 	}
+	// The row's AAD, its plaintext and the check's are built in buffers
+	// reused for every row of the group (envelope's rowkey calls): the new
+	// token is the only allocation per row. The plaintexts are cleared after
+	// each row.
 	ns := e.cfg.Namespace
+	var aad, plain, again []byte
 	for _, i := range idx {
 		id := rows[i].ID
-		plain, err := opener.Open(envs[i], ns, id)
-		if err != nil {
+		if aad, err = envelope.AppendAAD(aad[:0], ns, id); err != nil {
 			res[i] = result{outcome: outQuarantine, class: tokentable.OpenClass(err)}
 			continue
 		}
-		fresh, err := sealer.Seal(ns, id, plain)
+		if plain, err = opener.OpenAppend(plain[:0], envs[i], aad); err != nil {
+			res[i] = result{outcome: outQuarantine, class: tokentable.OpenClass(err)}
+			continue
+		}
+		tok, err := sealer.SealToken(aad, plain)
 		if err != nil {
 			clear(plain)
 			return fmt.Errorf("seal row %s: %w", id, err)
 		}
-		again, err := sealer.Open(fresh, ns, id)
+		again, err = sealer.OpenToken(again[:0], tok, aad)
 		ok := err == nil && bytes.Equal(again, plain)
 		clear(plain)
 		clear(again)
 		if !ok {
 			return fmt.Errorf("row %s: %w", id, errSelfCheck)
 		}
-		b, err := fresh.Marshal()
-		if err != nil {
-			return fmt.Errorf("marshal row %s: %w", id, err)
-		}
-		res[i] = result{outcome: outRotate, newToken: b}
+		res[i] = result{outcome: outRotate, newToken: tok}
 	}
 	return nil
 }

@@ -58,57 +58,10 @@ func Parse(b []byte) (*Envelope, error) { return parse(b, true) }
 func ParseShared(b []byte) (*Envelope, error) { return parse(b, false) }
 
 func parse(b []byte, private bool) (*Envelope, error) {
-	if len(b) < 1 {
-		return nil, fmt.Errorf("%w: empty input", ErrTruncated)
+	l, err := scan(b)
+	if err != nil {
+		return nil, err
 	}
-	if b[0] != Version1 {
-		return nil, fmt.Errorf("%w: 0x%02x at offset 0", ErrVersion, b[0])
-	}
-	if len(b) < 2 {
-		return nil, fmt.Errorf("%w: %d bytes, no alg", ErrTruncated, len(b))
-	}
-	if b[1] != AlgAES256GCM {
-		return nil, fmt.Errorf("%w: 0x%02x at offset 1", ErrAlg, b[1])
-	}
-	off := 2
-	if len(b) < off+2 {
-		return nil, fmt.Errorf("%w: %d bytes, kid_len at offset %d", ErrTruncated, len(b), off)
-	}
-	kidLen := int(binary.BigEndian.Uint16(b[off:]))
-	if kidLen < MinKIDLen || kidLen > MaxKIDLen {
-		return nil, fmt.Errorf("%w: kid_len %d at offset %d, want %d..%d", ErrKIDLength, kidLen, off, MinKIDLen, MaxKIDLen)
-	}
-	off += 2
-	if len(b)-off < kidLen {
-		return nil, fmt.Errorf("%w: kid_len %d at offset %d runs past the end (%d bytes)", ErrTruncated, kidLen, off-2, len(b))
-	}
-	kid := b[off : off+kidLen]
-	if !utf8.Valid(kid) {
-		return nil, fmt.Errorf("%w: kid at offset %d", ErrKIDEncoding, off)
-	}
-	off += kidLen
-	if len(b)-off < 2 {
-		return nil, fmt.Errorf("%w: %d bytes, wdek_len at offset %d", ErrTruncated, len(b), off)
-	}
-	wdekLen := int(binary.BigEndian.Uint16(b[off:]))
-	if wdekLen < MinWDEKLen || wdekLen > MaxWDEKLen {
-		return nil, fmt.Errorf("%w: wdek_len %d at offset %d, want %d..%d", ErrWDEKLength, wdekLen, off, MinWDEKLen, MaxWDEKLen)
-	}
-	off += 2
-	if len(b)-off < wdekLen {
-		return nil, fmt.Errorf("%w: wdek_len %d at offset %d runs past the end (%d bytes)", ErrTruncated, wdekLen, off-2, len(b))
-	}
-	wdekOff := off
-	off += wdekLen
-	if len(b)-off < NonceSize {
-		return nil, fmt.Errorf("%w: %d bytes, nonce at offset %d needs %d", ErrTruncated, len(b), off, NonceSize)
-	}
-	nonceOff := off
-	off += NonceSize
-	if ctLen := len(b) - off; ctLen < TagSize {
-		return nil, fmt.Errorf("%w: %d bytes at offset %d, want at least %d", ErrCiphertextShort, ctLen, off, TagSize)
-	}
-
 	// One private copy (unless shared); full slice expressions keep an
 	// append to one field from overwriting the next.
 	buf := b
@@ -118,11 +71,74 @@ func parse(b []byte, private bool) (*Envelope, error) {
 	return &Envelope{
 		Version:    Version1,
 		Alg:        AlgAES256GCM,
-		KID:        string(kid),
-		WDEK:       buf[wdekOff : wdekOff+wdekLen : wdekOff+wdekLen],
-		Nonce:      buf[nonceOff : nonceOff+NonceSize : nonceOff+NonceSize],
-		Ciphertext: buf[off:len(buf):len(buf)],
+		KID:        string(b[l.kidOff : l.kidOff+l.kidLen]),
+		WDEK:       buf[l.wdekOff : l.wdekOff+l.wdekLen : l.wdekOff+l.wdekLen],
+		Nonce:      buf[l.nonceOff : l.nonceOff+NonceSize : l.nonceOff+NonceSize],
+		Ciphertext: buf[l.ctOff:len(buf):len(buf)],
 	}, nil
+}
+
+// fields is where a token's fields are, as scan found them.
+type fields struct {
+	kidOff, kidLen, wdekOff, wdekLen, nonceOff, ctOff int
+}
+
+// scan checks b against the v1 layout and returns where its fields are,
+// without allocating (but for an error).
+func scan(b []byte) (fields, error) {
+	var l fields
+	if len(b) < 1 {
+		return l, fmt.Errorf("%w: empty input", ErrTruncated)
+	}
+	if b[0] != Version1 {
+		return l, fmt.Errorf("%w: 0x%02x at offset 0", ErrVersion, b[0])
+	}
+	if len(b) < 2 {
+		return l, fmt.Errorf("%w: %d bytes, no alg", ErrTruncated, len(b))
+	}
+	if b[1] != AlgAES256GCM {
+		return l, fmt.Errorf("%w: 0x%02x at offset 1", ErrAlg, b[1])
+	}
+	off := 2
+	if len(b) < off+2 {
+		return l, fmt.Errorf("%w: %d bytes, kid_len at offset %d", ErrTruncated, len(b), off)
+	}
+	kidLen := int(binary.BigEndian.Uint16(b[off:]))
+	if kidLen < MinKIDLen || kidLen > MaxKIDLen {
+		return l, fmt.Errorf("%w: kid_len %d at offset %d, want %d..%d", ErrKIDLength, kidLen, off, MinKIDLen, MaxKIDLen)
+	}
+	off += 2
+	if len(b)-off < kidLen {
+		return l, fmt.Errorf("%w: kid_len %d at offset %d runs past the end (%d bytes)", ErrTruncated, kidLen, off-2, len(b))
+	}
+	if !utf8.Valid(b[off : off+kidLen]) {
+		return l, fmt.Errorf("%w: kid at offset %d", ErrKIDEncoding, off)
+	}
+	l.kidOff, l.kidLen = off, kidLen
+	off += kidLen
+	if len(b)-off < 2 {
+		return l, fmt.Errorf("%w: %d bytes, wdek_len at offset %d", ErrTruncated, len(b), off)
+	}
+	wdekLen := int(binary.BigEndian.Uint16(b[off:]))
+	if wdekLen < MinWDEKLen || wdekLen > MaxWDEKLen {
+		return l, fmt.Errorf("%w: wdek_len %d at offset %d, want %d..%d", ErrWDEKLength, wdekLen, off, MinWDEKLen, MaxWDEKLen)
+	}
+	off += 2
+	if len(b)-off < wdekLen {
+		return l, fmt.Errorf("%w: wdek_len %d at offset %d runs past the end (%d bytes)", ErrTruncated, wdekLen, off-2, len(b))
+	}
+	l.wdekOff, l.wdekLen = off, wdekLen
+	off += wdekLen
+	if len(b)-off < NonceSize {
+		return l, fmt.Errorf("%w: %d bytes, nonce at offset %d needs %d", ErrTruncated, len(b), off, NonceSize)
+	}
+	l.nonceOff = off
+	off += NonceSize
+	if ctLen := len(b) - off; ctLen < TagSize {
+		return l, fmt.Errorf("%w: %d bytes at offset %d, want at least %d", ErrCiphertextShort, ctLen, off, TagSize)
+	}
+	l.ctOff = off
+	return l, nil
 }
 
 // validate applies the layout rules to an Envelope value. Errors match
