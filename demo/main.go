@@ -34,8 +34,9 @@ func main() {
 	keep := flag.Bool("keep", false, "keep the servers running at the end until Ctrl-C (to explore with psql)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := demo(ctx, *rows, *mode, *keep); err != nil {
+	err := demo(ctx, *rows, *mode, *keep) // cleans up its servers and folder before it returns
+	stop()
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "demo failed:", err)
 		os.Exit(1)
 	}

@@ -44,7 +44,10 @@ type options struct {
 	bin      string
 }
 
-func main() {
+func main() { os.Exit(realMain()) }
+
+// realMain is main with an exit code, so that its deferred calls run.
+func realMain() int {
 	o := options{}
 	flag.IntVar(&o.rows, "rows", 30_000, "legacy rows (one data key each) every rotation phase rotates")
 	flag.DurationVar(&o.baseline, "baseline", 30*time.Second, "length of the API-alone phase")
@@ -72,11 +75,12 @@ func main() {
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench-online:", err)
-		os.Exit(1)
+		return 1
 	}
 	if len(rep.Failures) > 0 {
 		fmt.Fprintf(os.Stderr, "\nbench-online: FAILED:\n  %s\n", strings.Join(rep.Failures, "\n  "))
-		os.Exit(1)
+		return 1
 	}
 	fmt.Println("\nbench-online: OK")
+	return 0
 }

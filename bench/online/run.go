@@ -25,6 +25,7 @@ import (
 
 // world is what every phase shares.
 type world struct {
+	binDir   string // the engine build's temporary folder, when the bench built it
 	o        options
 	bin      string
 	primary  *testbed.Postgres
@@ -123,6 +124,7 @@ func setupWorld(ctx context.Context, o options) (*world, error) {
 		if err != nil {
 			return w, err
 		}
+		w.binDir = dir // removed by close: a build is 33 MB
 		w.bin = filepath.Join(dir, "reencrypt")
 		cmd := exec.CommandContext(ctx, "go", "build", "-o", w.bin, "./cmd/reencrypt")
 		if out, err := cmd.CombinedOutput(); err != nil {
@@ -181,6 +183,9 @@ func setupWorld(ctx context.Context, o options) (*world, error) {
 }
 
 func (w *world) close() {
+	if w.binDir != "" {
+		_ = os.RemoveAll(w.binDir)
+	}
 	if w.proxy != nil {
 		_ = w.proxy.Close()
 	}
