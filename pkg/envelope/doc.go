@@ -70,7 +70,11 @@
 // Rekey (new KMS key and new data key): unwrap the old wdek, [Open] the token,
 // and seal it again with a [Sealer] holding a data key generated under the new
 // KMS key, with a fresh nonce. One data key may serve many rows (one per batch,
-// say); each row still gets its own nonce and its own AAD.
+// say); each row still gets its own nonce and its own AAD. A caller that does
+// this for many rows can build each row's AAD once ([AppendAAD]) and open,
+// seal and check in buffers it reuses ([Opener.OpenAppend],
+// [Sealer.SealToken], [Sealer.OpenToken]): the same bytes as Open, Seal and
+// Marshal, with the new token as the only allocation per row.
 //
 // A row is under key K when its kid equals K's ARN, so a rotation from OLD to
 // NEW touches only rows under OLD: rerunning it is a no-op for finished rows,
@@ -105,9 +109,11 @@
 // # Memory and secrets
 //
 // [Parse] copies its input: the returned Envelope never aliases b, which the
-// caller may reuse at once. [Envelope.Marshal], [Seal], [SealRandom],
-// [Envelope.Rewrap] and [Sealer.Seal] also return fresh memory that aliases
-// none of their arguments.
+// caller may reuse at once; [ParseShared] does not copy, for a caller that
+// owns b and leaves it unchanged. [Envelope.Marshal], [Seal], [SealRandom],
+// [Envelope.Rewrap], [Sealer.Seal] and [Sealer.SealToken] return fresh memory
+// that aliases none of their arguments; a plaintext appended to a caller's
+// buffer ([Opener.OpenAppend], [Sealer.OpenToken]) is the caller's to clear.
 //
 // Errors never contain key bytes, token bytes, wdek bytes or kid text; they
 // give field names, lengths and offsets only. A [DataKey] and a [Sealer] print
