@@ -21,6 +21,22 @@ func (b *bench) walLSN(ctx context.Context) (int64, error) {
 	return n, err
 }
 
+// walFPI is the cluster's count of full-page images written to WAL since
+// its statistics were reset (pg_stat_wal, Postgres 14+; -1 before). After
+// each checkpoint a page's first change writes the whole page, so a
+// scenario's WAL depends on how many pages it touches between checkpoints,
+// not only on what it writes per row.
+func (b *bench) walFPI(ctx context.Context) int64 {
+	if b.pgNum < 140000 {
+		return -1
+	}
+	var n int64
+	if err := b.adminDB.QueryRow(ctx, `SELECT wal_fpi FROM pg_stat_wal`).Scan(&n); err != nil {
+		return -1
+	}
+	return n
+}
+
 // tableStats are the token table's counters once the writers' statistics
 // have reached the cumulative statistics system.
 type tableStats struct {

@@ -51,6 +51,7 @@ type summary struct {
 	WALPerRow     float64            `json:"wal_bytes_per_row"`
 	WALRecountRow float64            `json:"wal_bytes_per_row_recount,omitempty"` // engine: after its run-finished line
 	WALRunRow     float64            `json:"wal_bytes_per_row_run,omitempty"`     // engine: up to it
+	FPIPerKRows   float64            `json:"wal_fpi_per_1000_rows"`
 	DeadTuples    float64            `json:"dead_tuples"`
 	HotPct        float64            `json:"hot_update_pct"`
 	Pages         float64            `json:"pages"`
@@ -162,6 +163,12 @@ func (rep *report) finish() {
 		s.PageP99Ms = col(func(r *Result) float64 { return r.PageP99Ms })
 		s.PeakRSSMiB = col(func(r *Result) float64 { return r.PeakRSSMiB })
 		s.WALPerRow = col(func(r *Result) float64 { return r.WALPerRow })
+		s.FPIPerKRows = col(func(r *Result) float64 {
+			if r.Rows == 0 || r.WALBytes == 0 {
+				return nan()
+			}
+			return 1000 * float64(r.WALFPI) / float64(r.Rows)
+		})
 		if rs[0].WALRecountRow > 0 {
 			s.WALRecountRow = col(func(r *Result) float64 { return r.WALRecountRow })
 			s.WALRunRow = col(func(r *Result) float64 { return r.WALPerRow - r.WALRecountRow })
@@ -468,6 +475,18 @@ func (rep *report) print(w io.Writer) {
 		for _, r := range rep.Results {
 			if r.Scenario == sc {
 				parts = append(parts, fmt.Sprintf("%s [%.2f]", f0(r.RowsPerSec), r.ForeignCores))
+			}
+		}
+		if len(parts) > 0 {
+			fmt.Fprintf(bw, "  %-20s %s\n", titles[sc], strings.Join(parts, "  "))
+		}
+	}
+	fmt.Fprintln(bw, "\nWAL by round, B/row [full-page images per 1,000 rows, pg_stat_wal]: a page's first change after a checkpoint writes all of it")
+	for _, sc := range allScenarios {
+		var parts []string
+		for _, r := range rep.Results {
+			if r.Scenario == sc && r.WALPerRow > 0 {
+				parts = append(parts, fmt.Sprintf("%s [%.0f]", f0(r.WALPerRow), 1000*float64(r.WALFPI)/float64(r.Rows)))
 			}
 		}
 		if len(parts) > 0 {

@@ -54,6 +54,7 @@ type Result struct {
 	MaxRSSRusageMiB float64            `json:"maxrss_rusage_mib,omitempty"`         // ru_maxrss: inflated by the bench's own RSS at fork (vfork), kept for reference
 	WALBytes        int64              `json:"wal_bytes"`                           // pg_current_wal_lsn() difference
 	WALPerRow       float64            `json:"wal_bytes_per_row"`                   //
+	WALFPI          int64              `json:"wal_full_page_images"`                // pg_stat_wal.wal_fpi difference (cluster-wide, like WALBytes)
 	WALRecountRow   float64            `json:"wal_bytes_per_row_recount,omitempty"` // engine subprocess: of WALPerRow, what came after its run-finished line (the closing recount's pruning)
 	Stats           *tableStats        `json:"table_stats,omitempty"`               // n_dead_tup etc. after the run
 	CPU             cpuSnapshot        `json:"cpu_seconds"`                         // by process
@@ -130,6 +131,7 @@ type measured struct {
 	b       *bench
 	sampler *rateSampler
 	lsn0    int64
+	fpi0    int64 // pg_stat_wal.wal_fpi at the start, -1 if unknown
 	cpu0    cpuSnapshot
 	t0      time.Time
 }
@@ -141,6 +143,7 @@ func (b *bench) startMeasure(ctx context.Context) (*measured, error) {
 		m.sampler = startSampler(b.proxy.Total)
 	}
 	var err error
+	m.fpi0 = b.walFPI(ctx)
 	if m.lsn0, err = b.walLSN(ctx); err != nil {
 		return nil, err
 	}
@@ -160,6 +163,9 @@ func (m *measured) finish(ctx context.Context, r *Result) error {
 		return err
 	}
 	r.WALBytes = lsn1 - m.lsn0
+	if fpi1 := m.b.walFPI(ctx); m.fpi0 >= 0 && fpi1 >= m.fpi0 {
+		r.WALFPI = fpi1 - m.fpi0
+	}
 	if m.sampler != nil {
 		r.KMSRate = m.sampler.finish()
 		r.KMS = m.b.proxy.Counts()
