@@ -76,6 +76,7 @@ type options struct {
 	waitIdle    time.Duration
 	rssBase     string
 	statements  bool
+	walStats    bool
 }
 
 func main() {
@@ -158,6 +159,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.cpuProfile, "cpuprofile", "", "profile mode: run the rekey engine in-process once on a fresh copy and write a CPU profile here (no table)")
 	fs.DurationVar(&o.waitIdle, "wait-idle", 30*time.Second, "before each scenario, wait up to this long for other processes to leave the CPUs idle (0 = don't)")
 	fs.StringVar(&o.rssBase, "rss-baseline", "", "JSON of an earlier run (e.g. at 100,000 rows): check each engine scenario's peak RSS is within 1.25x of its peak there")
+	fs.BoolVar(&o.walStats, "walstats", false, "print each scenario's WAL by record type (pg_walinspect, Postgres 15+; read right after the scenario)")
 	fs.BoolVar(&o.statements, "statements", false, "load pg_stat_statements and print each scenario's Postgres time by statement (costs some server CPU: compare runs with the same setting)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err

@@ -533,6 +533,17 @@ func (rep *report) print(w io.Writer) {
 	tw.Flush()
 
 	rep.printStatements(bw)
+	printed := false
+	for _, r := range rep.Results {
+		if len(r.WALStats) == 0 {
+			continue
+		}
+		if !printed {
+			fmt.Fprintln(bw, "\nWAL by record type (-walstats, pg_walinspect), per row:")
+			printed = true
+		}
+		printWALStats(bw, fmt.Sprintf("%s (round %d)", titles[r.Scenario], r.Round), r.WALStats)
+	}
 
 	fmt.Fprintln(bw, "\nratios (of medians):")
 	for _, r := range rep.Ratios {

@@ -63,13 +63,14 @@ type Result struct {
 	ForeignCores    float64            `json:"foreign_cores"`                       // other processes' CPU use during the scenario, in cores (noise)
 	IdleWait        float64            `json:"idle_wait_seconds,omitempty"`
 
-	ReEncryptPerSec float64      `json:"reencrypt_per_s,omitempty"`           // kms-ceiling: ReEncrypt ops/s
-	CPUDecrypt      *cpuSnapshot `json:"cpu_seconds_decrypt_phase,omitempty"` // kms-ceiling: CPU of the Decrypt phase alone
-	Verified        string       `json:"verified,omitempty"`
-	Statements      []stmtStat   `json:"pg_statements,omitempty"` // -statements: server time by statement
-	Timeline        *timeline    `json:"timeline,omitempty"`      // engine: where its seconds went
-	Problems        []string     `json:"problems,omitempty"`      // correctness: always fatal
-	Notes           []string     `json:"notes,omitempty"`         // KMS-count expectations: fatal with -smoke
+	ReEncryptPerSec float64         `json:"reencrypt_per_s,omitempty"`           // kms-ceiling: ReEncrypt ops/s
+	CPUDecrypt      *cpuSnapshot    `json:"cpu_seconds_decrypt_phase,omitempty"` // kms-ceiling: CPU of the Decrypt phase alone
+	Verified        string          `json:"verified,omitempty"`
+	Statements      []stmtStat      `json:"pg_statements,omitempty"`      // -statements: server time by statement
+	WALStats        []walRecordStat `json:"wal_by_record_type,omitempty"` // -walstats
+	Timeline        *timeline       `json:"timeline,omitempty"`           // engine: where its seconds went
+	Problems        []string        `json:"problems,omitempty"`           // correctness: always fatal
+	Notes           []string        `json:"notes,omitempty"`              // KMS-count expectations: fatal with -smoke
 }
 
 func nan() float64 { return math.NaN() }
@@ -306,6 +307,11 @@ func (b *bench) runScenario(ctx context.Context, sc string, round, pos int) (*Re
 	}
 	if err := m.finish(ctx, r); err != nil {
 		return nil, err
+	}
+	if b.o.walStats && r.WALBytes > 0 {
+		if r.WALStats, err = b.readWALStats(ctx, m.lsn0, m.lsn0+r.WALBytes, r.Rows); err != nil {
+			return nil, err
+		}
 	}
 	if run != nil && run.walAtFinish > m.lsn0 && r.Rows > 0 && r.WALPerRow > 0 {
 		r.WALRecountRow = float64(m.lsn0+r.WALBytes-run.walAtFinish) / float64(r.Rows)
