@@ -58,11 +58,8 @@ func (s *Sealer) SealToken(aad, plaintext []byte) ([]byte, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.aead == nil {
-		return nil, ErrSealerClosed
-	}
-	if s.used >= s.maxUses {
-		return nil, fmt.Errorf("%w: %d of %d", ErrKeyExhausted, s.used, s.maxUses)
+	if err := s.canSeal(); err != nil {
+		return nil, err
 	}
 	tok := make([]byte, 0, headerSize+len(s.kid)+len(s.wdek)+NonceSize+len(plaintext)+TagSize)
 	tok = append(tok, Version1, AlgAES256GCM)
@@ -86,11 +83,9 @@ func (s *Sealer) OpenToken(dst, token, aad []byte) ([]byte, error) {
 	if err := checkAAD(aad); err != nil {
 		return nil, err
 	}
-	s.mu.Lock()
-	aead := s.aead
-	s.mu.Unlock()
-	if aead == nil {
-		return nil, ErrSealerClosed
+	aead, err := s.openAEAD()
+	if err != nil {
+		return nil, err
 	}
 	f, err := scan(token)
 	if err != nil {

@@ -107,11 +107,8 @@ func NewSealer(dek []byte, kid string, wdek []byte, maxUses uint64) (*Sealer, er
 func (s *Sealer) Seal(namespace, rowID string, plaintext []byte) (*Envelope, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.aead == nil {
-		return nil, ErrSealerClosed
-	}
-	if s.used >= s.maxUses {
-		return nil, fmt.Errorf("%w: %d of %d", ErrKeyExhausted, s.used, s.maxUses)
+	if err := s.canSeal(); err != nil {
+		return nil, err
 	}
 	// Reject a bad row before spending a use.
 	aad, err := AAD(namespace, rowID)
@@ -141,13 +138,32 @@ func (s *Sealer) Seal(namespace, rowID string, plaintext []byte) (*Envelope, err
 // Open is [Open] with the Sealer's data key, for checking what was sealed.
 // It does not count as a use.
 func (s *Sealer) Open(e *Envelope, namespace, rowID string) ([]byte, error) {
-	s.mu.Lock()
-	aead := s.aead
-	s.mu.Unlock()
-	if aead == nil {
-		return nil, ErrSealerClosed
+	aead, err := s.openAEAD()
+	if err != nil {
+		return nil, err
 	}
 	return openWith(aead, e, namespace, rowID)
+}
+
+// canSeal is why the next seal must be refused, if it must; s.mu is held.
+func (s *Sealer) canSeal() error {
+	if s.aead == nil {
+		return ErrSealerClosed
+	}
+	if s.used >= s.maxUses {
+		return fmt.Errorf("%w: %d of %d", ErrKeyExhausted, s.used, s.maxUses)
+	}
+	return nil
+}
+
+// openAEAD is the Sealer's AES-GCM for opening, or ErrSealerClosed.
+func (s *Sealer) openAEAD() (cipher.AEAD, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.aead == nil {
+		return nil, ErrSealerClosed
+	}
+	return s.aead, nil
 }
 
 // KID returns the key ARN this Sealer writes into every envelope.
