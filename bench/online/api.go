@@ -17,6 +17,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/kms"
 	"github.com/aws/smithy-go"
 	"github.com/aws/smithy-go/middleware"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/reencrypt/reencrypt/internal/seed"
@@ -55,8 +56,31 @@ type api struct {
 type sample struct {
 	at      time.Time
 	latency time.Duration
-	err     bool
+	err     string // what failed, as errorKind names it; "" = success
 	write   bool
+}
+
+// errorKind names what made a request fail, short enough to count: the KMS
+// error code, the Postgres SQLSTATE, or the start of the message. Messages
+// here name row ids, never a token or a key.
+func errorKind(err error) string {
+	var pe *pgconn.PgError
+	var ae smithy.APIError
+	switch {
+	case err == nil:
+		return ""
+	case errors.As(err, &pe):
+		return "postgres " + pe.Code
+	case errors.As(err, &ae):
+		return "kms " + ae.ErrorCode()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "deadline"
+	}
+	msg := err.Error()
+	if len(msg) > 60 {
+		msg = msg[:60]
+	}
+	return msg
 }
 
 func newAPI(db *pgxpool.Pool, k *testbed.KMSServer, endpoint string, ids []string, key string, perSec float64) *api {
@@ -115,7 +139,7 @@ func (a *api) run(ctx context.Context) {
 					return
 				}
 				a.mu.Lock()
-				a.samples = append(a.samples, sample{at: due, latency: time.Since(due), err: err != nil, write: write})
+				a.samples = append(a.samples, sample{at: due, latency: time.Since(due), err: errorKind(err), write: write})
 				a.mu.Unlock()
 			}
 		})
@@ -129,7 +153,7 @@ func (a *api) run(ctx context.Context) {
 		case jobs <- next:
 		default: // the pool is saturated: the request is an error, as a timeout would be
 			a.mu.Lock()
-			a.samples = append(a.samples, sample{at: next, latency: time.Second, err: true})
+			a.samples = append(a.samples, sample{at: next, latency: time.Second, err: "pool saturated"})
 			a.mu.Unlock()
 		}
 	}
@@ -216,6 +240,13 @@ type apiStats struct {
 	MaxMS      float64 `json:"max_ms"`
 	KMSAttempt int64   `json:"kms_attempts"`
 	Throttled  int64   `json:"kms_throttled"`
+	// Failed lists each error: when, in seconds into the phase, and what.
+	Failed []apiError `json:"failed,omitempty"`
+}
+
+type apiError struct {
+	AtS  float64 `json:"at_s"`
+	Kind string  `json:"kind"`
 }
 
 // window returns the stats of requests scheduled in [from, to).
@@ -229,8 +260,9 @@ func (a *api) window(from, to time.Time) apiStats {
 			continue
 		}
 		s.Requests++
-		if x.err {
+		if x.err != "" {
 			s.Errors++
+			s.Failed = append(s.Failed, apiError{AtS: x.at.Sub(from).Seconds(), Kind: x.err})
 		}
 		lat = append(lat, x.latency)
 	}

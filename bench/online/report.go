@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"io"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -22,7 +23,11 @@ func (r *report) judge(o options) {
 	for _, p := range r.Phases {
 		// unpaced is the reference: what a rotation did before it shared.
 		if p.API.Errors > 0 && p.Name != "unpaced" {
-			fail("%s: %d API errors, want 0", p.Name, p.API.Errors)
+			msg := fmt.Sprintf("%s: %d API errors, want 0 (%s)", p.Name, p.API.Errors, p.API.failedList())
+			if len(p.API.Failed) > 0 { // what KMS saw from 1 s before the first error to 4 s after
+				msg += around(p.Timeline, p.API.Failed[0].AtS+1.5, 2.5)
+			}
+			fail("%s", msg)
 		}
 		if p.Name != "baseline" && p.LeftUnderOld != 0 {
 			fail("%s: %d rows left under the key it rotated from, want 0", p.Name, p.LeftUnderOld)
@@ -76,7 +81,24 @@ func (r *report) print(w io.Writer, o options) {
 	}
 	tw.Flush()
 	if p := r.phase("pause"); p != nil {
-		fmt.Fprintf(w, "\npause: last commit %.2f s after `reencrypt pause` returned, %d pages after it, %d rows moved while paused; "+
+		fmt.Fprintf(w, "\npause: paused %.1f s and resumed %.1f s into the phase; ", p.PausedAtS, p.ResumedAtS)
+		fmt.Fprintf(w, "last commit %.2f s after `reencrypt pause` returned, %d pages after it, %d rows moved while paused; "+
 			"back to 80 %% of the pre-pause rate %.2f s after `resume`\n", p.PauseStopS, p.PagesAfter, p.MovedWhilePaus, p.ResumeFullS)
 	}
+}
+
+// failedList says when each of a phase's API errors happened and what it was.
+func (s apiStats) failedList() string {
+	var b strings.Builder
+	for i, f := range s.Failed {
+		if i == 5 {
+			fmt.Fprintf(&b, ", %d more", len(s.Failed)-i)
+			break
+		}
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%.1f s: %s", f.AtS, f.Kind)
+	}
+	return b.String()
 }

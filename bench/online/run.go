@@ -39,6 +39,7 @@ type world struct {
 	old, new string // key ARNs
 	api      *api
 	lag      *lagSampler
+	timeline *timeline
 }
 
 // phaseReport is one phase's figures.
@@ -52,11 +53,14 @@ type phaseReport struct {
 	RowsPerS      float64  `json:"engine_rows_per_s,omitempty"`
 	EngineKMSPerS float64  `json:"engine_kms_per_s,omitempty"`
 	Exit          []int    `json:"exit_codes,omitempty"`
-	LeftUnderOld  int64    `json:"rows_left_under_old"` // after the rotation: rows still under the key it rotated from
+	LeftUnderOld  int64    `json:"rows_left_under_old"`
+	Timeline      []tick   `json:"timeline,omitempty"` // KMS traffic every 250 ms // after the rotation: rows still under the key it rotated from
 	// pause phase only
 	PauseStopS     float64 `json:"pause_stop_s,omitempty"`      // from `pause` returning to the last commit
 	PagesAfter     int64   `json:"pages_after_pause,omitempty"` // pages committed after `pause` returned
 	ResumeFullS    float64 `json:"resume_full_speed_s,omitempty"`
+	PausedAtS      float64 `json:"paused_at_s,omitempty"`  // seconds into the phase `pause` returned
+	ResumedAtS     float64 `json:"resumed_at_s,omitempty"` // ... and `resume` did
 	MovedWhilePaus int64   `json:"rows_moved_while_paused"`
 }
 
@@ -83,6 +87,8 @@ func run(ctx context.Context, o options) (*report, error) {
 	var wg sync.WaitGroup
 	wg.Go(func() { w.api.run(apiCtx) })
 	wg.Go(func() { w.lag.run(apiCtx) })
+	w.timeline = &timeline{w: w}
+	wg.Go(func() { w.timeline.run(apiCtx) })
 	defer func() { stopAPI(); wg.Wait() }()
 
 	// 1. the API alone
@@ -214,6 +220,7 @@ func (w *world) measure(r *phaseReport, from, to time.Time, apiAttempts, apiThro
 		r.APIThrottlePc = 100 * float64(r.API.Throttled) / float64(r.API.KMSAttempt)
 	}
 	r.LagMaxS, r.LagP99S = w.lag.window(from, to)
+	r.Timeline = w.timeline.window(from, to)
 	if r.Seconds > 0 {
 		r.EngineKMSPerS = float64(w.proxy.Total()-proxyTotal-r.API.KMSAttempt) / r.Seconds
 	}
@@ -314,6 +321,7 @@ func (w *world) pausePhase(ctx context.Context, from, to string) (phaseReport, e
 		return r, err
 	}
 	paused := time.Now()
+	r.PausedAtS = paused.Sub(start).Seconds()
 	atPause := pages()
 	// The last commit: the page count stops moving.
 	last, lastAt := atPause, paused
@@ -332,6 +340,7 @@ func (w *world) pausePhase(ctx context.Context, from, to string) (phaseReport, e
 		return r, err
 	}
 	resumed := time.Now()
+	r.ResumedAtS = resumed.Sub(start).Seconds()
 	for ctx.Err() == nil && time.Since(resumed) < time.Minute {
 		if w.rateOver(ctx, to, 500*time.Millisecond) >= 0.8*rowsRate {
 			break
