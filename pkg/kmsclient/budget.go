@@ -37,6 +37,10 @@ import (
 //     throttling that grows with our rate (a quota) does: under a quota the
 //     rate dips below it at least once a cycle, and those windows bring the
 //     noise level back to zero.
+//   - After a clean spell the first throttling is judged as it comes, not
+//     at the window's end: a window that already shows a quota ends there
+//     (see actNow), so the live API is not throttled for a second or more
+//     while the clock catches up.
 //   - Right after a decrease, a share that fell clearly but is still above
 //     the margin decreases again: the throttling follows our rate, so it is
 //     a quota, and we are still over it. This finds a quota that was
@@ -69,6 +73,7 @@ type Budget struct {
 	clean     int     // windows in a row without a decrease
 	lastLow   float64 // the last judged window's least throttled share
 	peak      float64 // the rate last throttled into a decrease; 0 = none yet
+	inOutage  bool    // the last judged window was (almost) wholly throttled
 	slowStart bool    // growing ×slowStartGrowth a window until the first throttling or the ceiling
 	fixed     bool    // KMS_ADAPTIVE=false: never adapts
 	cap       float64 // an outside cap (operator, shared budget); +Inf = none
@@ -234,7 +239,33 @@ func (b *Budget) observe(throttled bool) {
 	b.attempts++
 	if throttled {
 		b.throttled++
+		if b.actNow() {
+			b.judge(now.Sub(b.winStart))
+			b.winStart, b.attempts, b.throttled = now, 0, 0
+		}
 	}
+}
+
+// actNow says whether the current window already shows a quota, before its
+// end. The first throttling after a clean spell (recent windows throttled
+// under noiseMargin) is acted on as soon as it is significant: every attempt
+// over the quota may also throttle one of the live API's requests, and the
+// API's SDK gives up after three. On the 500 ms clock alone a quota first
+// touched mid-window was read only at the end of the next window; next to
+// a 50 requests/s API that second of throttling failed a request in about
+// one bench-online smoke run in three. Once the budget has slowed down,
+// windows pace the decreases as before: each must show what the lower rate
+// did before the next.
+func (b *Budget) actNow() bool {
+	if b.attempts < 2*minJudged || (b.decreases > 0 && b.clean == 0) {
+		return false
+	}
+	noise := b.noiseLevel()
+	if noise > noiseMargin {
+		return false // not a clean spell: windows tell a quota from this noise
+	}
+	low, high := wilson(b.throttled, b.attempts)
+	return b.overQuota(low, high, noise)
 }
 
 // judge ends a window of elapsed length.
@@ -244,12 +275,49 @@ func (b *Budget) judge(elapsed time.Duration) {
 		return
 	}
 	low, high := wilson(b.throttled, b.attempts)
-	// The noise level: the least throttling seen recently, taken at the
-	// most it could have been (the upper bound), so that a lucky window
-	// does not pull the level to zero. Windows are pooled noiseSpan at a
-	// time: one window of 100 attempts none throttled can only say "under
-	// 4 %", four of them "under 1 %", and a quota the live API shares must
-	// be told from noise at about 1 %.
+	noise := b.noiseLevel()
+	// With nothing to compare with yet, the first window is taken as noise
+	// up to maxNoise: slow start began under the quota, so a quota shows as
+	// a share that grows with the rate in the windows that follow.
+	b.recent = append(b.recent, window{b.attempts, b.throttled})
+	if len(b.recent) > noiseWindows {
+		b.recent = b.recent[1:]
+	}
+	over := b.overQuota(low, high, noise)
+	b.lastLow = low
+	if over {
+		sent := float64(b.attempts) / elapsed.Seconds()
+		b.decreases++
+		b.clean = 0
+		b.slowStart = false
+		rate := min(b.perSec, sent)
+		b.setRate(max(rate*decreaseFactor, 1))
+		// Where the quota is: the rate throttled. A window KMS refused
+		// (almost) whole is an outage, not a quota at our rate: no plateau
+		// to creep through when it ends. Nor is the window right after
+		// one, partly throttled because the outage ended in it: taken as a
+		// quota, it left the budget creeping near a fifth of its ceiling
+		// for half a minute, whenever a window happened to straddle the
+		// outage's end.
+		outage := b.throttled >= b.attempts*outageShare/100
+		b.peak = 0
+		if !outage && !b.inOutage {
+			b.peak = rate
+		}
+		b.inOutage = outage
+		return
+	}
+	b.inOutage = false
+	b.increase()
+}
+
+// noiseLevel is the least throttling seen recently, taken at the most it
+// could have been (the upper bound), so that a lucky window does not pull
+// the level to zero. Windows are pooled noiseSpan at a time: one window of
+// 100 attempts none throttled can only say "under 4 %", four of them
+// "under 1 %", and a quota the live API shares must be told from noise at
+// about 1 %.
+func (b *Budget) noiseLevel() float64 {
 	noise := maxNoise
 	span := min(noiseSpan, len(b.recent))
 	for i := span; i <= len(b.recent) && span > 0; i++ {
@@ -261,36 +329,18 @@ func (b *Budget) judge(elapsed time.Duration) {
 		_, h := wilson(pooled.throttled, pooled.attempts)
 		noise = min(noise, h)
 	}
-	// With nothing to compare with yet, the first window is taken as noise
-	// up to maxNoise: slow start began under the quota, so a quota shows as
-	// a share that grows with the rate in the windows that follow.
-	b.recent = append(b.recent, window{b.attempts, b.throttled})
-	if len(b.recent) > noiseWindows {
-		b.recent = b.recent[1:]
-	}
-	// Right after a decrease, a share that fell clearly but not to the
-	// noise level means the throttling follows our rate (a quota) and we
-	// are still over it: slow down again. A share that did not fall is
-	// noise, and the level learnt from this window says so.
+	return noise
+}
+
+// overQuota says whether a window whose throttled share lies in [low, high]
+// shows a quota at our rate rather than noise: its share is clearly above
+// the noise level. Right after a decrease, a share that fell clearly but
+// not to the noise level also does: the throttling follows our rate, and we
+// are still over the quota. A share that did not fall is noise, and the
+// level learnt from this window says so.
+func (b *Budget) overQuota(low, high, noise float64) bool {
 	followsRate := b.clean == 0 && b.decreases > 0 && high < b.lastLow && low > noiseMargin
-	b.lastLow = low
-	if followsRate || low > noise+noiseMargin {
-		sent := float64(b.attempts) / elapsed.Seconds()
-		b.decreases++
-		b.clean = 0
-		b.slowStart = false
-		rate := min(b.perSec, sent)
-		b.setRate(max(rate*decreaseFactor, 1))
-		// Where the quota is: the rate throttled. A window KMS refused
-		// (almost) whole is an outage, not a quota at our rate: no plateau
-		// to creep through when it ends.
-		b.peak = 0
-		if b.throttled < b.attempts*outageShare/100 {
-			b.peak = rate
-		}
-		return
-	}
-	b.increase()
+	return followsRate || low > noise+noiseMargin
 }
 
 // window is one judged window's count of attempts and throttled ones.

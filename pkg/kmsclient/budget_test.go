@@ -24,6 +24,9 @@ type sim struct {
 	// its budget: pages of a few hundred rows and a commit between them
 	// keep a real engine under its budget.
 	demand float64
+	// The fractions of an attempt carried to the next tick, kept across
+	// calls to run: run(tick) at under 100/s must still send.
+	engineCarry, apiCarry float64
 }
 
 const tick = 10 * time.Millisecond
@@ -38,7 +41,6 @@ func newSim(ceiling float64) *sim {
 // run advances d. throttle says whether one attempt is throttled, given
 // whether it is the API's.
 func (s *sim) run(d time.Duration, apiPerSec float64, throttle func(api bool) bool) {
-	var engineCarry, apiCarry float64
 	for end := s.elapsed + d; s.elapsed < end; s.elapsed += tick {
 		s.now = s.now.Add(tick)
 		counted := s.elapsed >= s.warmUp
@@ -48,13 +50,13 @@ func (s *sim) run(d time.Duration, apiPerSec float64, throttle func(api bool) bo
 		}
 		// This tick's attempts, the API's and the engine's, in random order.
 		var order []bool // true = the API's
-		for apiCarry += apiPerSec * tick.Seconds(); apiCarry >= 1; apiCarry-- {
+		for s.apiCarry += apiPerSec * tick.Seconds(); s.apiCarry >= 1; s.apiCarry-- {
 			order = append(order, true)
 		}
 		if s.demand > 0 {
 			r = min(r, s.demand)
 		}
-		for engineCarry += r * tick.Seconds(); engineCarry >= 1; engineCarry-- {
+		for s.engineCarry += r * tick.Seconds(); s.engineCarry >= 1; s.engineCarry-- {
 			order = append(order, false)
 		}
 		s.rng.Shuffle(len(order), func(i, j int) { order[i], order[j] = order[j], order[i] })
@@ -133,6 +135,48 @@ func TestBudgetIgnoresRandomThrottling(t *testing.T) {
 	}
 }
 
+// A budget running clean at its ceiling meets a quota (the live API's
+// traffic grows and the two together exceed it by a tenth): every attempt
+// over the quota may be one of the API's, and its SDK gives up after three,
+// so the budget must slow down as soon as the throttling is significant,
+// not at the end of the window after the one it began in. Measured from the
+// first throttled attempt to the first decrease, over every phase of the
+// quota's onset against the 500 ms windows.
+func TestBudgetActsOnAQuotaWithinAWindow(t *testing.T) {
+	const ceiling, q, api = 350.0, 400.0, 100.0
+	var worst time.Duration
+	for offset := time.Duration(0); offset < adaptWindow; offset += 50 * time.Millisecond {
+		s := newSim(ceiling)
+		s.rng = rand.New(rand.NewPCG(uint64(offset), 7))
+		quota := s.quota(q)
+		s.run(10*time.Second+offset, 0, quota) // alone, at the ceiling, never throttled
+		if s.b.Decreases() != 0 || s.b.PerSecond() != ceiling {
+			t.Fatalf("alone under the quota: %d decreases, %.0f/s", s.b.Decreases(), s.b.PerSecond())
+		}
+		var first, reacted time.Duration
+		s.run(5*time.Second, api, func(isAPI bool) bool {
+			th := quota(isAPI)
+			if th && first == 0 {
+				first = s.elapsed
+			}
+			if reacted == 0 && s.b.Decreases() > 0 {
+				reacted = s.elapsed
+			}
+			return th
+		})
+		if first == 0 || reacted == 0 {
+			t.Fatalf("offset %s: over the quota for 5 s: first throttled at %s, first decrease at %s", offset, first, reacted)
+		}
+		worst = max(worst, reacted-first)
+	}
+	// About 60 attempts (170 ms here) make 11 % throttling significant.
+	const within = 300 * time.Millisecond
+	t.Logf("first throttled attempt to first decrease: at most %s", worst)
+	if worst > within {
+		t.Errorf("the budget slowed down %s after KMS began to throttle it, want within %s", worst, within)
+	}
+}
+
 // The same when the engine sends less than its budget allows (pages, then
 // commits): few attempts per window make the throttled share noisy, and
 // noise must not read as a quota. The fault soak's 10 % throttling cut a run
@@ -175,16 +219,21 @@ func TestBudgetRecoversWhenThrottlingStops(t *testing.T) {
 // accepted.
 func TestBudgetRecoversAfterAnOutage(t *testing.T) {
 	const q = 500.0
-	s := newSim(q)
-	s.run(5*time.Second, 0, func(bool) bool { return false })
-	s.run(3*time.Second, 0, func(bool) bool { return true })
-	var back time.Duration
-	for back = 0; back < 30*time.Second && s.b.PerSecond() < q; back += tick {
-		s.run(tick, 0, func(bool) bool { return false })
-	}
-	t.Logf("back to %.0f/s %s after the outage", s.b.PerSecond(), back)
-	if back > 10*time.Second {
-		t.Errorf("rate took %s to recover after a 3 s outage, want at most 10 s", back)
+	// Every phase of the outage against the 500 ms windows: a window that
+	// straddles the outage's end is partly throttled, and must not be
+	// taken for a quota either.
+	for offset := time.Duration(0); offset < adaptWindow; offset += 50 * time.Millisecond {
+		s := newSim(q)
+		s.run(5*time.Second+offset, 0, func(bool) bool { return false })
+		s.run(3*time.Second, 0, func(bool) bool { return true })
+		var back time.Duration
+		for back = 0; back < 30*time.Second && s.b.PerSecond() < q; back += tick {
+			s.run(tick, 0, func(bool) bool { return false })
+		}
+		if back > 10*time.Second {
+			t.Errorf("outage starting %s into a window: rate took %s to recover after a 3 s outage (at %.0f/s then), want at most 10 s",
+				offset, back, s.b.PerSecond())
+		}
 	}
 }
 
