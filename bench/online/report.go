@@ -74,9 +74,9 @@ func (r *report) print(w io.Writer, o options) {
 	fmt.Fprintf(w, "\nbench-online %s, %s: %d legacy rows per rotation, KMS quota %.0f/s, API %.0f req/s\n\n",
 		r.Date, r.Machine, r.Rows, r.Quota, r.APIRate)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "phase\tseconds\tAPI p50 ms\tp99 ms\tmax ms\terrors\tAPI KMS throttled %\tlag max s\tlag p99 s\trows/s\tengine KMS/s\t")
+	fmt.Fprintln(tw, "phase\tsettle s\tseconds\tAPI p50 ms\tp99 ms\tmax ms\terrors\tAPI KMS throttled %\tlag max s\tlag p99 s\trows/s\tengine KMS/s\t")
 	for _, p := range r.Phases {
-		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t%.0f\t\n", p.Name, p.Seconds,
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.1f\t%d\t%.2f\t%.2f\t%.2f\t%.0f\t%.0f\t\n", p.Name, p.SettleS, p.Seconds,
 			p.API.P50MS, p.API.P99MS, p.API.MaxMS, p.API.Errors, p.APIThrottlePc, p.LagMaxS, p.LagP99S, p.RowsPerS, p.EngineKMSPerS)
 	}
 	tw.Flush()

@@ -319,3 +319,32 @@ func TestBudgetWindowBound(t *testing.T) {
 		})
 	}
 }
+
+// A Job that starts while the live API is already being throttled meets
+// throttling in its very first window, with nothing to tell it from noise:
+// here the API's retries after an incident add 0.5 Q to its usual 0.3 Q,
+// fading over 20 s (as bench-online's default phase meets the unpaced
+// phase's backlog). The budget must still find out that the throttling
+// follows its own rate and settle under what the API leaves, instead of
+// taking the quota for noise, its level rising with the budget's own rate,
+// and crowding the API for the rest of the run.
+func TestBudgetFindsAQuotaThatThrottledFromTheStart(t *testing.T) {
+	const q = 1000.0
+	s := newSim(q)
+	s.warmUp = 25 * time.Second // the fading retries, then 5 s to settle
+	quota := s.quota(q)
+	for sec := range 20 {
+		s.run(time.Second, 0.3*q+0.5*q*float64(20-sec)/20, quota)
+	}
+	s.run(35*time.Second, 0.3*q, quota)
+	got := s.engineRate()
+	apiShare := s.apiThrottled / s.apiSent
+	t.Logf("after the retries: engine %.0f/s accepted (%.2f of the 0.7 Q left), rate %.0f..%.0f; API throttled %.2f %%; %d decreases",
+		got, got/(0.7*q), s.minRate, s.maxRate, 100*apiShare, s.b.Decreases())
+	if apiShare > 0.02 {
+		t.Errorf("the API was throttled %.2f %% of the time after its retries, want at most 2 %%", 100*apiShare)
+	}
+	if got < 0.85*0.7*q {
+		t.Errorf("engine sustained %.0f/s, want at least 0.85 × 0.7 Q = %.0f", got, 0.85*0.7*q)
+	}
+}
