@@ -10,8 +10,8 @@ import (
 // Scenario 0c, the minimal client: scenario 0b's page work driven from Go
 // over the wire, and nothing else (no KMS, no AES, no lease, no key lock, no
 // per-transaction settings). Each session reads a page by keyset (ids as
-// uuid, in binary), flips each token's last byte in Go as scenario 0 does in
-// SQL, and writes the page in one pipelined round trip that is one
+// uuid, in binary), changes each token in Go as scenario 0 does in SQL
+// (rotationChange), and writes the page in one pipelined round trip that is one
 // transaction: the checkpoint row's lock (the fence), the id-ordered row
 // locks, the compare-and-swap with its audit rows and the checkpoint's
 // advance. Two round trips per page, the fewest for a client that reads
@@ -63,9 +63,7 @@ func clientRange(ctx context.Context, c *pgx.Conn, k, pageSize int, details []by
 		var id pgtype.UUID
 		var tok []byte
 		_, err = pgx.ForEachRow(rows, []any{&id, &tok}, func() error {
-			flipped := append([]byte(nil), tok...)
-			flipped[len(flipped)-1] ^= 1
-			ids, olds, news = append(ids, id), append(olds, tok), append(news, flipped)
+			ids, olds, news = append(ids, id), append(olds, tok), append(news, rotationChange(tok))
 			tok = nil // a fresh slice for the next row: olds keeps this one
 			return nil
 		})

@@ -21,9 +21,10 @@ import (
 // one), the same durable Postgres, alternating with the other scenarios.
 // It is the number the engine's write path is measured against.
 //
-// The "new" token is the old one with its last byte flipped: same length,
-// so the same tuple and WAL sizes; it is not a valid envelope (nothing opens
-// it afterwards).
+// The "new" token is the old one changed where a rotation changes it
+// (rotationChange): same length and the same bytes in common with the old
+// token as a real rotation's, so the same tuple and WAL sizes; it is not a
+// valid envelope (nothing opens it afterwards).
 const serverCeilingSQL = `
 CREATE SCHEMA bench_ceiling;
 CREATE TABLE bench_ceiling.ranges (
@@ -50,7 +51,7 @@ BEGIN
 	SELECT lower, upper INTO cur, hi FROM bench_ceiling.ranges WHERE range_no = r;
 	LOOP
 		SELECT array_agg(p.id ORDER BY p.id), array_agg(p.tok ORDER BY p.id),
-		       array_agg(set_byte(p.tok, length(p.tok) - 1, get_byte(p.tok, length(p.tok) - 1) # 1) ORDER BY p.id)
+		       array_agg(bench_ceiling.rotation_change(p.tok) ORDER BY p.id)
 		INTO ids, olds, news
 		FROM (SELECT id, encrypted_token AS tok FROM payment_methods
 		      WHERE id > cur AND id <= hi ORDER BY id LIMIT page_size) AS p;
@@ -154,7 +155,7 @@ func (b *bench) prepareCeiling(ctx context.Context, dbURL string) (*pgx.Conn, []
 		conn.Close(context.Background())
 		return nil, nil, err
 	}
-	if _, err := conn.Exec(ctx, serverCeilingSQL); err != nil {
+	if _, err := conn.Exec(ctx, serverCeilingSQL+rotationChangeSQL); err != nil {
 		return fail(fmt.Errorf("server ceiling: create the procedure: %w", err))
 	}
 	var total int64
