@@ -3,13 +3,17 @@ package census_test
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/reencrypt/reencrypt/internal/fixture"
+	"github.com/reencrypt/reencrypt/pkg/batch"
 	"github.com/reencrypt/reencrypt/pkg/census"
 	"github.com/reencrypt/reencrypt/pkg/envelope"
 	"github.com/reencrypt/reencrypt/pkg/tokentable"
@@ -65,7 +69,7 @@ func TestCount(t *testing.T) {
 	if progress != int(c.Pages) || c.Pages != 14 {
 		t.Errorf("progress called %d times for %d pages, want 14", progress, c.Pages)
 	}
-	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, nil)
+	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, nil, nil)
 	if err != nil || n != 66 {
 		t.Errorf("RowsUnder NEW: %d, %v; want 66", n, err)
 	}
@@ -102,7 +106,7 @@ func TestRowsUnderEveryKidForm(t *testing.T) {
 	e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES (601, $1), (602, NULL)`, bad)
 	tbl := inspect(t, e)
 
-	n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, keyOf)
+	n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, keyOf, nil)
 	if err != nil || n != int64(wantUnder) {
 		t.Errorf("RowsUnder OLD: %d, %v; want %d", n, err, wantUnder)
 	}
@@ -122,7 +126,7 @@ func TestRowsUnderEveryKidForm(t *testing.T) {
 		t.Errorf("parsing every row: %d under OLD (%v); RowsUnder said %d", all, err, n)
 	}
 	// Without a resolver, kids compare as they are: only the ARN rows.
-	if n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, nil); err != nil || n != 100 {
+	if n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, nil, nil); err != nil || n != 100 {
 		t.Errorf("RowsUnder OLD, no resolver: %d, %v; want 100", n, err)
 	}
 }
@@ -191,5 +195,63 @@ func TestLocate(t *testing.T) {
 		if got := census.Locate("uuid", u, id); got != want {
 			t.Errorf("uuid %s: range %d, want %d (len %d means beyond the closed last range)", id, got, want, len(u))
 		}
+	}
+}
+
+// TestRowsUnderRidesOutTerminatedConnection: the recount behind exit 0 reads
+// the table in pages; a page whose connection an operator (or a failover)
+// ends is read again at the same cursor, so the count is whole and the run
+// is not sent back to the start for a read. The soak's pg_terminate_backend
+// scenario failed here: three runs exited 75 on their closing recount.
+func TestRowsUnderRidesOutTerminatedConnection(t *testing.T) {
+	e := fixture.New(t, "bigint")
+	ctx := context.Background()
+	oldARN := e.Old.ARN
+	keyID := oldARN[strings.LastIndexByte(oldARN, '/')+1:]
+	const rows = 25_000 // more than one recount page
+	e.Exec(`INSERT INTO payment_methods (id, encrypted_token) SELECT g, $1 FROM generate_series(1, $2::int) g`,
+		fakeToken(t, keyID, []byte{7}), rows)
+	tbl := inspect(t, e)
+
+	cfg := e.DB.Config().Copy()
+	cfg.MaxConns = 1 // one backend, so the one terminated is the walker's
+	walker, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer walker.Close()
+	var pid int
+	if err := walker.QueryRow(ctx, `SELECT pg_backend_pid()`).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	terminated := 0
+	keyOf := func(ctx context.Context, kid string) (string, error) {
+		if terminated == 0 { // while the first page is counted
+			var ok bool
+			if err := e.DB.QueryRow(ctx, `SELECT pg_terminate_backend($1)`, pid).Scan(&ok); err != nil || !ok {
+				return "", fmt.Errorf("terminate the walker's backend %d: %v, %v", pid, ok, err)
+			}
+			terminated++
+		}
+		if kid == keyID {
+			return oldARN, nil
+		}
+		return "", fmt.Errorf("unknown kid %q", kid)
+	}
+	retried := 0
+	retry := func(err error) bool { retried++; return batch.IsTransient(err) }
+	n, err := census.RowsUnder(ctx, walker, tbl, oldARN, keyOf, retry)
+	if err != nil || n != rows {
+		t.Fatalf("RowsUnder across a terminated connection: %d, %v; want %d", n, err, rows)
+	}
+	if terminated != 1 || retried != 1 {
+		t.Errorf("terminated %d backends and retried %d reads, want 1 and 1", terminated, retried)
+	}
+	// Not transient: the first error ends the walk, not a loop.
+	_, err = census.RowsUnder(ctx, walker, tbl, oldARN, func(context.Context, string) (string, error) {
+		return "", errors.New("resolver down")
+	}, func(error) bool { t.Error("a resolver error was offered for retry"); return true })
+	if err == nil {
+		t.Error("RowsUnder with a failing resolver: no error")
 	}
 }

@@ -168,13 +168,18 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // itself) or "alias/" (an alias name or alias ARN); with keyOf nil, its ARN.
 // The others cannot be under it, and Postgres skips them without sending
 // them.
-func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf) (int64, error) {
+//
+// retry, when not nil, says which failed page reads to read again (the
+// run passes batch.IsTransient): a recount of a large table outlives
+// connections an operator or a failover ends, and restarting it from the
+// first row, or failing the run for it, would waste a whole pass's read.
+func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf, retry func(error) bool) (int64, error) {
 	needles := [][]byte{[]byte(keyARN)}
 	if keyOf != nil {
 		needles = [][]byte{[]byte(keyID(keyARN)), []byte("alias/")}
 	}
 	var n int64
-	err := tokentable.WalkContaining(ctx, db, t, tokentable.Containing{Needles: needles, PageSize: recountPageRows}, func(page []tokentable.Row) error {
+	err := tokentable.WalkContaining(ctx, db, t, tokentable.Containing{Needles: needles, PageSize: recountPageRows, Retry: retry}, func(page []tokentable.Row) error {
 		for _, r := range page {
 			env, _ := tokentable.ParseToken(r.Token)
 			if env == nil {

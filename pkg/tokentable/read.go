@@ -3,6 +3,7 @@ package tokentable
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -101,7 +102,18 @@ func Walk(ctx context.Context, db Querier, t *Table, o WalkOptions, fn func(page
 type Containing struct {
 	Needles  [][]byte // a row matches when its token contains one of them
 	PageSize int      // rows of the table per statement; 0: DefaultPageSize
+	// Retry, when not nil, says whether a failed page read is read again:
+	// a read at a cursor loses and doubles nothing when repeated. Up to
+	// readAttempts reads per page, with a growing pause between them.
+	Retry func(error) bool
 }
+
+// readAttempts and readPause bound the rereads of one page: about 25 s in
+// all, longer than a Postgres restart or a managed failover's switch.
+const (
+	readAttempts = 8
+	readPause    = 200 * time.Millisecond
+)
 
 // WalkContaining is Walk over the whole table for the rows whose token
 // contains at least one of the needles as a byte string: Postgres searches
@@ -116,32 +128,20 @@ func WalkContaining(ctx context.Context, db Querier, t *Table, c Containing, fn 
 		pageSize = DefaultPageSize
 	}
 	var cursor *string
-	for {
-		q := t.read.containingAll
-		if cursor != nil {
-			q = t.read.containingFrom
-		}
-		rs, err := db.Query(ctx, q, cursor, pageSize, needles)
+	for attempt := 1; ; attempt++ {
+		rows, last, matches, err := t.readContaining(ctx, db, cursor, pageSize, needles)
 		if err != nil {
-			return fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
-		}
-		var rows int
-		var last *string
-		var matches []Row
-		for rs.Next() {
-			var id *string
-			var tok []byte
-			if err := rs.Scan(&rows, &last, &id, &tok); err != nil {
-				rs.Close()
-				return fmt.Errorf("read %s: %w", t.Qualified(), err)
+			if c.Retry == nil || attempt >= readAttempts || !c.Retry(err) {
+				return err
 			}
-			if id != nil {
-				matches = append(matches, Row{ID: *id, Token: tok})
+			select {
+			case <-ctx.Done():
+				return fmt.Errorf("%w (then: %w)", err, context.Cause(ctx))
+			case <-time.After(readPause << (attempt - 1)):
 			}
+			continue
 		}
-		if err := rs.Err(); err != nil {
-			return fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
-		}
+		attempt = 0
 		if len(matches) > 0 {
 			if err := fn(matches); err != nil {
 				return err
@@ -155,6 +155,34 @@ func WalkContaining(ctx context.Context, db Querier, t *Table, c Containing, fn 
 		}
 		cursor = last
 	}
+}
+
+// readContaining reads one page of WalkContaining: how many rows of the
+// table it covered, the last id, and the matching rows.
+func (t *Table) readContaining(ctx context.Context, db Querier, cursor *string, pageSize int, needles [][]byte) (rows int, last *string, matches []Row, err error) {
+	q := t.read.containingAll
+	if cursor != nil {
+		q = t.read.containingFrom
+	}
+	rs, err := db.Query(ctx, q, cursor, pageSize, needles)
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
+	}
+	defer rs.Close()
+	for rs.Next() {
+		var id *string
+		var tok []byte
+		if err := rs.Scan(&rows, &last, &id, &tok); err != nil {
+			return 0, nil, nil, fmt.Errorf("read %s: %w", t.Qualified(), err)
+		}
+		if id != nil {
+			matches = append(matches, Row{ID: *id, Token: tok})
+		}
+	}
+	if err := rs.Err(); err != nil {
+		return 0, nil, nil, fmt.Errorf("read %s after %q: %w", t.Qualified(), deref(cursor), err)
+	}
+	return rows, last, matches, nil
 }
 
 func deref(s *string) string {
