@@ -122,7 +122,7 @@ func cmdRun(ctx context.Context, a *app, _ []string) error {
 // that the pass cannot see; they are counted here, and a rerun takes them.
 func (a *app) recountOld(ctx context.Context, db tokentable.Querier, checked *batch.Checked, keyOf census.KeyOf) error {
 	start := time.Now()
-	n, err := census.RowsUnder(ctx, db, checked.Table, checked.Old.ARN, keyOf, batch.IsTransient)
+	n, err := census.RowsUnder(ctx, db, checked.Table, checked.Old.ARN, census.Recount{KeyOf: keyOf, Retry: batch.IsTransient})
 	if err != nil {
 		return tempErr(fmt.Errorf("recount the rows under the old key after the pass: %w", err))
 	}

@@ -69,7 +69,7 @@ func TestCount(t *testing.T) {
 	if progress != int(c.Pages) || c.Pages != 14 {
 		t.Errorf("progress called %d times for %d pages, want 14", progress, c.Pages)
 	}
-	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, nil, nil)
+	n, err := census.RowsUnder(context.Background(), e.DB, tbl, e.New.ARN, census.Recount{})
 	if err != nil || n != 66 {
 		t.Errorf("RowsUnder NEW: %d, %v; want 66", n, err)
 	}
@@ -106,7 +106,7 @@ func TestRowsUnderEveryKidForm(t *testing.T) {
 	e.Exec(`INSERT INTO payment_methods (id, encrypted_token) VALUES (601, $1), (602, NULL)`, bad)
 	tbl := inspect(t, e)
 
-	n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, keyOf, nil)
+	n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, census.Recount{KeyOf: keyOf})
 	if err != nil || n != int64(wantUnder) {
 		t.Errorf("RowsUnder OLD: %d, %v; want %d", n, err, wantUnder)
 	}
@@ -126,7 +126,7 @@ func TestRowsUnderEveryKidForm(t *testing.T) {
 		t.Errorf("parsing every row: %d under OLD (%v); RowsUnder said %d", all, err, n)
 	}
 	// Without a resolver, kids compare as they are: only the ARN rows.
-	if n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, nil, nil); err != nil || n != 100 {
+	if n, err := census.RowsUnder(ctx, e.DB, tbl, oldARN, census.Recount{}); err != nil || n != 100 {
 		t.Errorf("RowsUnder OLD, no resolver: %d, %v; want 100", n, err)
 	}
 }
@@ -240,7 +240,7 @@ func TestRowsUnderRidesOutTerminatedConnection(t *testing.T) {
 	}
 	retried := 0
 	retry := func(err error) bool { retried++; return batch.IsTransient(err) }
-	n, err := census.RowsUnder(ctx, walker, tbl, oldARN, keyOf, retry)
+	n, err := census.RowsUnder(ctx, walker, tbl, oldARN, census.Recount{KeyOf: keyOf, Retry: retry})
 	if err != nil || n != rows {
 		t.Fatalf("RowsUnder across a terminated connection: %d, %v; want %d", n, err, rows)
 	}
@@ -248,9 +248,9 @@ func TestRowsUnderRidesOutTerminatedConnection(t *testing.T) {
 		t.Errorf("terminated %d backends and retried %d reads, want 1 and 1", terminated, retried)
 	}
 	// Not transient: the first error ends the walk, not a loop.
-	_, err = census.RowsUnder(ctx, walker, tbl, oldARN, func(context.Context, string) (string, error) {
-		return "", errors.New("resolver down")
-	}, func(error) bool { t.Error("a resolver error was offered for retry"); return true })
+	_, err = census.RowsUnder(ctx, walker, tbl, oldARN, census.Recount{
+		KeyOf: func(context.Context, string) (string, error) { return "", errors.New("resolver down") },
+		Retry: func(error) bool { t.Error("a resolver error was offered for retry"); return true }})
 	if err == nil {
 		t.Error("RowsUnder with a failing resolver: no error")
 	}

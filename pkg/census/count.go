@@ -169,11 +169,12 @@ type KeyOf func(ctx context.Context, kid string) (string, error)
 // The others cannot be under it, and Postgres skips them without sending
 // them.
 //
-// retry, when not nil, says which failed page reads to read again (the
-// run passes batch.IsTransient): a recount of a large table outlives
+// Recount.Retry, when not nil, says which failed page reads to read again
+// (the run passes batch.IsTransient): a recount of a large table outlives
 // connections an operator or a failover ends, and restarting it from the
 // first row, or failing the run for it, would waste a whole pass's read.
-func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, keyOf KeyOf, retry func(error) bool) (int64, error) {
+func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, keyARN string, o Recount) (int64, error) {
+	keyOf, retry := o.KeyOf, o.Retry
 	needles := [][]byte{[]byte(keyARN)}
 	if keyOf != nil {
 		needles = [][]byte{[]byte(keyID(keyARN)), []byte("alias/")}
@@ -199,6 +200,12 @@ func RowsUnder(ctx context.Context, db tokentable.Querier, t *tokentable.Table, 
 		return nil
 	})
 	return n, err
+}
+
+// Recount is how RowsUnder resolves kids and treats failed reads.
+type Recount struct {
+	KeyOf KeyOf            // resolves a kid that is not a key ARN; nil: kids compare as written
+	Retry func(error) bool // which failed page reads are read again; nil: none
 }
 
 // recountPageRows is the page of RowsUnder's walk: few rows travel, so a
